@@ -31,7 +31,7 @@ def merge_heads(inputs: Sequence[ComposeInput], keep_head: str | None) -> dict[s
             candidates.setdefault(key, []).append((index, item.adapter.tensors[key]))
 
     merged: dict[str, torch.Tensor] = {}
-    conflicts: dict[str, list[str]] = {}
+    conflicts: dict[str, dict[str, list[int]]] = {}
     for key, versions in sorted(candidates.items()):
         first = versions[0][1]
         if all(_same(first, tensor) for _, tensor in versions[1:]):
@@ -41,10 +41,12 @@ def merge_heads(inputs: Sequence[ComposeInput], keep_head: str | None) -> dict[s
         if chosen:
             merged[key] = chosen[0]
         else:
-            head = module_name(key).rsplit(".", 1)[0]
-            conflicts.setdefault(head, []).extend(
-                f"{inputs[index].label} {list(tensor.shape)}" for index, tensor in versions
-            )
+            head, parameter = module_name(key).rsplit(".", 1)
+            shapes = conflicts.setdefault(head, {})
+            for index, tensor in versions:
+                # The weight's shape tells heads apart best; other parameters fill in.
+                if parameter == "weight" or inputs[index].label not in shapes:
+                    shapes[inputs[index].label] = list(tensor.shape)
     if conflicts:
         raise HeadConflictError(_conflict_message(conflicts, inputs))
     return merged
@@ -68,12 +70,13 @@ def _keeper_index(inputs: Sequence[ComposeInput], keep_head: str | None) -> int 
     )
 
 
-def _conflict_message(conflicts: dict[str, list[str]], inputs: Sequence[ComposeInput]) -> str:
-    listing = "; ".join(
-        f"{head}: {', '.join(dict.fromkeys(versions))}" for head, versions in conflicts.items()
+def _conflict_message(conflicts: dict[str, dict[str, list[int]]], inputs: Sequence[ComposeInput]) -> str:
+    listing = ", ".join(
+        f"{head} ({', '.join(f'{label} {shape}' for label, shape in shapes.items())})"
+        for head, shapes in conflicts.items()
     )
     return (
-        f"the adapters save different modules_to_save heads ({listing}); heads are whole "
+        f"the adapters save different modules_to_save heads: {listing}; heads are whole "
         "weights and cannot be summed, so choose one with --keep-head "
         f"{inputs[0].label}"
     )
