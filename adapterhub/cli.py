@@ -175,7 +175,7 @@ def compose(ctx: click.Context, references: tuple[str, ...], weights: str | None
     from adapterhub.compose.options import ComposeOptions, parse_weights
 
     options = ComposeOptions(weights=parse_weights(weights) if weights else None, **values)
-    library = _library(ctx, create=name is not None or output is None)
+    library = _library(ctx)
     with _progress(quiet) as progress:
         outcome = library.compose(references, options, name=name, output=output, fmt=fmt,
                                   progress=progress)
@@ -215,8 +215,11 @@ class _progress:
 @click.pass_context
 def remove(ctx: click.Context, reference: str) -> None:
     """Remove a reference; the bytes stay until gc."""
-    for removed in _library(ctx, create=False).remove(reference):
-        click.echo(f"removed {removed}")
+    removal = _library(ctx, create=False).remove(reference)
+    for ref in removal.removed_refs:
+        click.echo(f"removed {ref}")
+    if removal.removed_from_index:
+        click.echo(f"removed {removal.artifact_id[:12]} from the index; gc deletes its bytes")
 
 
 @main.command()
@@ -226,8 +229,8 @@ def gc(ctx: click.Context, dry_run: bool) -> None:
     """Delete blobs that no referenced adapter reaches."""
     report = _library(ctx, create=False).gc(dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
-    click.echo(f"{verb} {report.blobs_deleted} blobs ({report.bytes_freed} bytes), "
-               f"{report.artifacts_removed} unreferenced artifacts")
+    click.echo(f"{verb} {report.deleted_blobs} blobs ({report.freed_bytes} bytes), "
+               f"{len(report.removed_artifacts)} unreferenced artifacts")
 
 
 @main.command()
@@ -235,8 +238,14 @@ def gc(ctx: click.Context, dry_run: bool) -> None:
 def verify(ctx: click.Context) -> None:
     """Re-hash every blob; exit 1 when any is corrupt or missing."""
     report = _library(ctx, create=False).verify()
+    for digest in report.corrupt:
+        click.echo(f"corrupt blob sha256:{digest}: its bytes no longer match its name", err=True)
+    for blob in report.missing:
+        click.echo(f"missing blob sha256:{blob.digest}, needed by {blob.needed_by}", err=True)
     for problem in report.problems:
         click.echo(problem, err=True)
-    click.echo(f"checked {report.checked} blobs: {len(report.problems)} problems")
-    if report.problems:
+    count = len(report.corrupt) + len(report.missing) + len(report.problems)
+    click.echo(f"checked {report.checked_blobs} blobs: {count} problems")
+    if not report.ok:
+        click.echo("re-add or pull the affected adapters, then run gc", err=True)
         ctx.exit(1)

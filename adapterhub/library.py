@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from store import Store
+from store.errors import InvalidReferenceError
 from store.manifest import FileEntry, Manifest
-from store.refs import parse_name_tag
+from store.refs import NamedRef, parse_ref
 
 from adapterhub.errors import ExportError
 
@@ -52,13 +53,26 @@ class ComposeOutcome:
 class Library:
     """Adapters in a content-addressed store."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, home: Path | str | None = None, create: bool = True) -> None:
+        self.home = Path(home) if home is not None else None
+        self.create = create
+        self._store: Store | None = None
 
     @classmethod
     def open(cls, home: Path | str | None = None, create: bool = True) -> Library:
-        """Open the store at ``home`` (default: ``$ADAPTERHUB_HOME`` or the XDG data folder)."""
-        return cls(Store.open(Path(home) if home is not None else None, create=create))
+        """Use the store at ``home`` (default: ``$ADAPTERHUB_HOME`` or the XDG data folder).
+
+        The store is opened on first use, so composing files to files never creates one.
+        ``create=False`` makes that first use raise :class:`store.StoreNotFoundError` when
+        there is no store.
+        """
+        return cls(home, create)
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store.open(self.home, create=self.create)
+        return self._store
 
     def add(self, path: Path, name: str | None = None, source: str | None = None) -> AddResult:
         """Import the adapter at ``path`` and optionally point ``name[:tag]`` at it.
@@ -73,17 +87,17 @@ class Library:
         module = formats.detect(path)
         adapter = module.load(path)
         files = module.source_files(path)
-        target = parse_name_tag(name) if name else None
+        target = parse_name(name) if name else None
 
         metadata = adapter_metadata(adapter, module.NAME)
         existed = self._known(files, metadata)
-        artifact_id = self.store.add_artifact(
-            ADAPTER_KIND, files, metadata, parents=_parent_ids(metadata), source=source or str(path)
-        )
+        # A composed adapter names its parents; the store keeps lineage only among stored
+        # artifacts, so an adapter whose parents are elsewhere is stored without that link.
+        parents = tuple(p for p in _parent_ids(metadata) if self.store.has_artifact(p))
+        artifact_id = self.store.add_artifact(ADAPTER_KIND, files, metadata, parents=parents)
         if target:
             self.store.set_ref(target.name, target.tag, artifact_id)
-        reference = f"{target.name}:{target.tag}" if target else None
-        return AddResult(artifact_id, not existed, reference)
+        return AddResult(artifact_id, not existed, str(target) if target else None)
 
     def list(self, **filters: Any) -> list[dict[str, Any]]:
         """Return the stored adapters as dicts, filtered by the store's index columns."""
@@ -96,7 +110,7 @@ class Library:
         return {
             "id": artifact_id,
             "kind": manifest.kind,
-            "refs": self.store.refs(artifact_id),
+            "refs": [str(entry) for entry in self.store.refs(artifact_id)],
             "files": [entry.to_dict() for entry in manifest.files],
             "metadata": manifest.metadata,
             "parents": list(manifest.parents),
@@ -109,7 +123,7 @@ class Library:
         artifact_id = self.store.resolve(reference)
         manifest = self.store.manifest(artifact_id)
         module = formats.get(manifest.metadata.get("format", "peft"))
-        files = {entry.path: self.store.blob_path(entry.sha256) for entry in manifest.files}
+        files = {entry.path: self.store.blobs.path(entry.sha256) for entry in manifest.files}
         return module.load_files(files, f"{reference} ({artifact_id[:12]})")
 
     def export(self, reference: str, destination: Path, fmt: str = "peft",
@@ -125,7 +139,7 @@ class Library:
         artifact_id = self.store.resolve(reference)
         manifest = self.store.manifest(artifact_id)
         if manifest.metadata.get("format", "peft") == fmt:
-            contents = {e.path: self.store.blob_path(e.sha256).read_bytes() for e in manifest.files}
+            contents = {e.path: self.store.blobs.path(e.sha256).read_bytes() for e in manifest.files}
         else:
             contents = module.to_files(self.load(artifact_id))
         return write_files(contents, destination, fmt, overwrite)
@@ -146,12 +160,21 @@ class Library:
         """
         from adapterhub.compose.engine import compose
 
-        inputs = [self._compose_input(reference) for reference in references]
-        result = compose(inputs, options, progress=progress)
-        return self._record(result, name, output, fmt)
+        resolved = [self._compose_input(reference) for reference in references]
+        result = compose([item for item, _ in resolved], options, progress=progress)
+        store_result = name is not None or output is None
+        if store_result:
+            # Inputs given as paths join the store, so the result's lineage reaches them.
+            for _, path in resolved:
+                if path is not None:
+                    self.add(path)
+        return self._record(result, name, output, fmt, store_result)
 
-    def remove(self, reference: str) -> list[str]:
-        """Remove a reference (or every reference of an id); bytes stay until ``gc``."""
+    def remove(self, reference: str):
+        """Remove a reference (or every reference of an id); bytes stay until ``gc``.
+
+        See :meth:`store.Store.remove` for the exact rules.
+        """
         return self.store.remove(reference)
 
     def gc(self, dry_run: bool = False):
@@ -171,11 +194,12 @@ class Library:
             module = formats.detect(path)
             adapter = module.load(path)
             artifact_id = artifact_id_for(module.source_files(path), adapter_metadata(adapter, module.NAME))
-            return ComposeInput(adapter, reference, artifact_id)
+            return ComposeInput(adapter, reference, artifact_id), path
         artifact_id = self.store.resolve(reference)
-        return ComposeInput(self.load(artifact_id), reference, artifact_id)
+        return ComposeInput(self.load(artifact_id), reference, artifact_id), None
 
-    def _record(self, result, name: str | None, output: Path | None, fmt: str) -> ComposeOutcome:
+    def _record(self, result, name: str | None, output: Path | None, fmt: str,
+                store_result: bool) -> ComposeOutcome:
         from adapterhub import formats
 
         module = formats.get(fmt)
@@ -184,23 +208,34 @@ class Library:
         if output is not None:
             written = write_files(contents, Path(output), fmt, overwrite=False)
 
-        artifact_id = artifact_id_for_contents(contents, adapter_metadata(result.adapter, fmt))
+        metadata = adapter_metadata(result.adapter, fmt)
+        artifact_id = artifact_id_for_contents(contents, metadata)
         reference = None
-        if name is not None or output is None:
-            target = parse_name_tag(name) if name else None
+        if store_result:
+            target = parse_name(name) if name else None
             with tempfile.TemporaryDirectory(prefix="adapterhub-compose-") as folder:
                 files = _stage(contents, Path(folder))
-                metadata = adapter_metadata(result.adapter, fmt)
                 artifact_id = self.store.add_artifact(
-                    ADAPTER_KIND, files, metadata, parents=_parent_ids(metadata), source="compose"
+                    ADAPTER_KIND, files, metadata, parents=_parent_ids(metadata)
                 )
             if target:
                 self.store.set_ref(target.name, target.tag, artifact_id)
-                reference = f"{target.name}:{target.tag}"
+                reference = str(target)
         return ComposeOutcome(artifact_id, reference, tuple(written), result.lineage)
 
     def _known(self, files: list[tuple[str, Path]], metadata: dict[str, Any]) -> bool:
         return self.store.has_artifact(artifact_id_for(files, metadata))
+
+
+def parse_name(text: str) -> NamedRef:
+    """Parse ``NAME[:TAG]`` for naming an adapter; ids and prefixes are not names."""
+    ref = parse_ref(text)
+    if not isinstance(ref, NamedRef):
+        raise InvalidReferenceError(
+            f"{text!r} looks like an artifact id; a name must not be one, choose a name such as "
+            "task-adapter or task-adapter:v1"
+        )
+    return ref
 
 
 def adapter_metadata(adapter: LoraAdapter, fmt: str) -> dict[str, Any]:

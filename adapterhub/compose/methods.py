@@ -9,13 +9,15 @@ holds one module's update at a time.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from adapterhub.compose.lowrank import stack_factors, truncated_svd
+    Term = tuple[torch.Tensor, torch.Tensor, float]
 
-Term = tuple[torch.Tensor, torch.Tensor, float]
+# The registry is read by ``--help`` and option validation, which must not import torch, so
+# the tensor functions import the low-rank module when they run.
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,8 @@ class Truncation:
 class ModuleResult:
     """The composed factors of one module and the cost of truncating them."""
 
-    lora_A: torch.Tensor  # r × in
-    lora_B: torch.Tensor  # out × r
+    lora_A: "torch.Tensor"  # r × in
+    lora_B: "torch.Tensor"  # out × r
     retained_energy: float = 1.0
     relative_error: float = 0.0
 
@@ -47,19 +49,23 @@ class Method:
     name: str
     summary: str
     reference: str
-    combine: Callable[[Sequence[Term], Truncation], ModuleResult]
+    combine: Callable[[Sequence["Term"], Truncation], ModuleResult]
     truncates: bool = False  # whether --rank / --energy apply
     parameters: tuple[str, ...] = field(default=())
 
 
 def combine_cat(terms: Sequence[Term], truncation: Truncation) -> ModuleResult:
     """Return the exact weighted sum: factors stacked side by side, rank Σ r_i."""
+    from adapterhub.compose.lowrank import stack_factors
+
     b, a = stack_factors(terms)
     return ModuleResult(lora_A=a, lora_B=b)
 
 
 def combine_svd(terms: Sequence[Term], truncation: Truncation) -> ModuleResult:
     """Return the best rank-r approximation of the weighted sum, without the dense update."""
+    from adapterhub.compose.lowrank import stack_factors, truncated_svd
+
     b, a = stack_factors(terms)
     result = truncated_svd(b, a, rank=truncation.rank, energy=truncation.energy)
     return ModuleResult(
