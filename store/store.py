@@ -26,7 +26,7 @@ from typing import Any
 
 from store.artifacts import read_manifest
 from store.atomic import write_atomic
-from store.blobs import BlobStore, validate_digest
+from store.blobs import BlobStore
 from store.errors import (
     AmbiguousReferenceError,
     ArtifactNotFoundError,
