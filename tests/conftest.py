@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# The loopback Hub server and the fixtures that point huggingface_hub at it.
+pytest_plugins = ["tests.hubserver.fixtures"]
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CORPUS = PROJECT_ROOT.parent / "shared" / "corpus"
 
