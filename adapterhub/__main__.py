@@ -1,0 +1,5 @@
+"""Run the CLI as ``python -m adapterhub``."""
+
+from adapterhub.cli import main
+
+main()
