@@ -114,7 +114,7 @@ def test_rank_pattern_adapters_reload(tmp_path, caplog):
                           target_modules=["q_proj", "v_proj"], rank_pattern={"v_proj": 8},
                           alpha_pattern={"q_proj": 2})
     second = _save_adapter("llama", tmp_path / "second", 5, r=2, lora_alpha=4,
-                           target_modules=["q_proj", "o_proj"], rank_pattern={"layers.1.o_proj": 6})
+                           target_modules=["q_proj", "o_proj"], rank_pattern={"layers.1.self_attn.o_proj": 6})
     inputs = [ComposeInput(formats.load(path), path.name, "0" * 64) for path in (first, second)]
 
     adapter = compose(inputs, ComposeOptions(weights=(1.0, -0.5))).adapter
