@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -20,11 +22,17 @@ from store.errors import InvalidReferenceError
 from store.manifest import FileEntry, Manifest
 from store.refs import NamedRef, parse_ref
 
-from adapterhub.errors import ExportError
+from adapterhub.errors import AdapterFormatError, ExportError, InvalidOptionError
 
 if TYPE_CHECKING:
     from adapterhub.adapter import LoraAdapter
+    from adapterhub.compose.compare import Comparison
     from adapterhub.compose.options import ComposeOptions
+    from adapterhub.compose.stack import StackOutcome
+    from adapterhub.hub.pull import PullResult
+    from adapterhub.hub.options import PushOptions
+    from adapterhub.hub.push import PushResult
+    from adapterhub.hub.sync import SyncEntry
 
 logger = logging.getLogger(__name__)
 
@@ -74,19 +82,29 @@ class Library:
             self._store = Store.open(self.home, create=self.create)
         return self._store
 
-    def add(self, path: Path, name: str | None = None, source: str | None = None) -> AddResult:
+    def add(self, path: Path, name: str | None = None, source: str | None = None,
+            meta: dict[str, str | None] | None = None, allow_nonfinite: bool = False) -> AddResult:
         """Import the adapter at ``path`` and optionally point ``name[:tag]`` at it.
 
         The files are stored as they are, so adding the same adapter twice stores nothing
-        new. Raises :class:`AdapterFormatError` (or a subclass) before anything is written
-        when the files are not a readable adapter.
+        new. ``meta`` (a description, say) is merged into the adapter's annotations, which
+        live beside it in the store and never change its id; an empty value removes a key.
+        Raises :class:`AdapterFormatError` (or a subclass) before anything is written when
+        the files are not a readable adapter, hold NaN or infinite values (unless
+        ``allow_nonfinite``), or are symbolic links leading out of the adapter folder.
         """
         from adapterhub import formats
+        from adapterhub.adapter import check_finite
+        from adapterhub.formats.tensorfile import check_folder_files
 
         path = Path(path)
         module = formats.detect(path)
-        adapter = module.load(path)
         files = module.source_files(path)
+        if path.is_dir():
+            check_folder_files(path, files)
+        adapter = module.load(path)
+        if not allow_nonfinite:
+            check_finite(adapter, str(path))
         target = parse_name(name) if name else None
 
         metadata = adapter_metadata(adapter, module.NAME)
@@ -94,18 +112,83 @@ class Library:
         # A composed adapter names its parents; the store keeps lineage only among stored
         # artifacts, so an adapter whose parents are elsewhere is stored without that link.
         parents = tuple(p for p in _parent_ids(metadata) if self.store.has_artifact(p))
-        artifact_id = self.store.add_artifact(ADAPTER_KIND, files, metadata, parents=parents)
-        if target:
-            self.store.set_ref(target.name, target.tag, artifact_id)
+        artifact_id = self.store.add_artifact(ADAPTER_KIND, files, metadata, parents=parents,
+                                              ref=target, annotations=meta)
         return AddResult(artifact_id, not existed, str(target) if target else None)
 
+    def tag(self, reference: str, name: str) -> tuple[str, str]:
+        """Point ``name[:tag]`` at the adapter ``reference`` names; return its id and the reference."""
+        target = parse_name(name)
+        artifact_id = self.resolve(reference)
+        self.store.set_ref(target.name, target.tag, artifact_id)
+        return artifact_id, str(target)
+
+    def annotate(self, reference: str, meta: dict[str, str | None]) -> dict[str, str]:
+        """Merge ``meta`` into an adapter's annotations and return them; see :meth:`add`."""
+        return self.store.annotate(self.resolve(reference), meta)
+
+    def reindex(self):
+        """Rebuild the index from the store's files; see :meth:`store.Store.reindex`."""
+        return self.store.reindex()
+
+    def resolve(self, reference: str) -> str:
+        """Return the artifact id a reference names: any store reference, or ``hf://OWNER/REPO[@REV]``.
+
+        An ``hf://`` reference is pulled on first use and read from the store afterwards; see
+        :meth:`pull`. Raises the store's reference errors, or a :class:`HubError` leaf when
+        the pull fails.
+        """
+        if reference.startswith("hf://"):
+            from adapterhub.hub.references import resolve_reference
+
+            return resolve_reference(self, reference)
+        return self.store.resolve(reference)
+
+    def pull(self, repo: str, name: str | None = None, subfolder: str | None = None) -> PullResult:
+        """Import the PEFT adapter of Hub repo ``OWNER/REPO[@REVISION]``; see :mod:`adapterhub.hub.pull`.
+
+        Only files whose content the store lacks are downloaded. ``name`` defaults to
+        ``OWNER/REPO`` (tagged with the revision when it is not main).
+        """
+        from adapterhub.hub.locations import parse_location
+        from adapterhub.hub.pull import pull
+
+        return pull(self, parse_location(repo), name=name, subfolder=subfolder)
+
+    def push(self, reference: str, options: PushOptions) -> PushResult:
+        """Commit a stored adapter to the Hub as a PEFT folder with its card; see :mod:`adapterhub.hub.push`."""
+        from adapterhub.hub.push import push
+
+        return push(self, reference, options)
+
+    def sync(self, references: Sequence[str] = (), status_only: bool = False) -> list[SyncEntry]:
+        """Compare recorded Hub locations with the store, and pull or push what can move safely.
+
+        See :mod:`adapterhub.hub.sync` for the states; ``status_only`` only reports them.
+        """
+        from adapterhub.hub.sync import sync
+
+        return sync(self, references, status_only=status_only)
+
+    def search_hub(self, query: str | None = None, base_model: str | None = None,
+                   limit: int = 20) -> list[dict[str, Any]]:
+        """List PEFT adapters on the Hub; see :func:`adapterhub.hub.search.search_hub`."""
+        from adapterhub.hub.search import search_hub
+
+        return search_hub(query, base_model=base_model, limit=limit)
+
     def list(self, **filters: Any) -> list[dict[str, Any]]:
-        """Return the stored adapters as dicts, filtered by the store's index columns."""
-        return self.store.list_artifacts(**filters)
+        """Return the stored adapters as dicts, filtered by the store's index columns.
+
+        The filters are those of :meth:`store.Store.list_artifacts`; ``created_after`` may
+        also be ISO-8601 text. Raises :class:`InvalidOptionError` for a malformed date, a
+        rank below 1, a rank range that is empty, or search text without a word.
+        """
+        return self.store.list_artifacts(**check_list_filters(filters))
 
     def show(self, reference: str) -> dict[str, Any]:
         """Return everything the store holds about one adapter: manifest, files, refs, lineage."""
-        artifact_id = self.store.resolve(reference)
+        artifact_id = self.resolve(reference)
         manifest = self.store.manifest(artifact_id)
         return {
             "id": artifact_id,
@@ -113,6 +196,7 @@ class Library:
             "refs": [str(entry) for entry in self.store.refs(artifact_id)],
             "files": [entry.to_dict() for entry in manifest.files],
             "metadata": manifest.metadata,
+            "annotations": self.store.annotations(artifact_id),
             "parents": list(manifest.parents),
         }
 
@@ -120,8 +204,13 @@ class Library:
         """Read a stored adapter into memory."""
         from adapterhub import formats
 
-        artifact_id = self.store.resolve(reference)
+        artifact_id = self.resolve(reference)
         manifest = self.store.manifest(artifact_id)
+        if manifest.kind == "stack":
+            raise AdapterFormatError(
+                f"{reference} is a stack of {len(manifest.parents)} adapters, not one adapter; "
+                f"compose it into one (adapterhub compose {reference}) or export its components"
+            )
         module = formats.get(manifest.metadata.get("format", "peft"))
         files = {entry.path: self.store.blobs.path(entry.sha256) for entry in manifest.files}
         return module.load_files(files, f"{reference} ({artifact_id[:12]})")
@@ -131,18 +220,33 @@ class Library:
         """Write a stored adapter to ``destination`` in format ``fmt``; return the files written.
 
         In its own format the stored bytes are copied unchanged; another format is converted.
-        Raises :class:`ExportError` when a file exists there and ``overwrite`` is false.
+        A stack is written as ``stack.json`` plus one PEFT folder per component. Raises
+        :class:`ExportError` when a file exists there and ``overwrite`` is false, or when a
+        stack is asked for in another format than ``peft``.
         """
+        artifact_id = self.resolve(reference)
+        manifest = self.store.manifest(artifact_id)
+        if manifest.kind == "stack":
+            from adapterhub.compose.stack import stack_contents
+
+            if fmt != "peft":
+                raise ExportError(
+                    f"{reference} is a stack, which exports as PEFT folders only; drop --format "
+                    f"{fmt}, or materialize it first (adapterhub compose {reference} --name NAME)"
+                )
+            contents = stack_contents(self, manifest, reference)
+        else:
+            contents = self._export_contents(artifact_id, fmt)
+        return write_files(contents, destination, fmt, overwrite)
+
+    def _export_contents(self, artifact_id: str, fmt: str) -> dict[str, bytes]:
         from adapterhub import formats
 
         module = formats.get(fmt)
-        artifact_id = self.store.resolve(reference)
         manifest = self.store.manifest(artifact_id)
         if manifest.metadata.get("format", "peft") == fmt:
-            contents = {e.path: self.store.blobs.path(e.sha256).read_bytes() for e in manifest.files}
-        else:
-            contents = module.to_files(self.load(artifact_id))
-        return write_files(contents, destination, fmt, overwrite)
+            return {e.path: self.store.blobs.path(e.sha256).read_bytes() for e in manifest.files}
+        return module.to_files(self.load(artifact_id))
 
     def compose(
         self,
@@ -157,10 +261,14 @@ class Library:
 
         With ``output`` the result is written there; with ``name`` (or without ``output``) it
         is stored and, with ``name``, referenced. Nothing is written when composition fails.
+        A stack among the references stands for its components, each weighted by its weight
+        in the stack times the stack's weight.
         """
         from adapterhub.compose.engine import compose
+        from adapterhub.compose.stack import expand_stacks
 
-        resolved = [self._compose_input(reference) for reference in references]
+        entries, options = expand_stacks(self, references, options)
+        resolved = [self._compose_input(reference, label) for reference, label in entries]
         result = compose([item for item, _ in resolved], options, progress=progress)
         store_result = name is not None or output is None
         if store_result:
@@ -169,6 +277,23 @@ class Library:
                 if path is not None:
                     self.add(path)
         return self._record(result, name, output, fmt, store_result)
+
+    def stack(self, references: Sequence[str], weights: Sequence[float] | None = None,
+              name: str | None = None, materialize: bool = False) -> StackOutcome:
+        """Store adapters as a stack that keeps them apart; see :mod:`adapterhub.compose.stack`.
+
+        With ``materialize`` the exact ``cat`` adapter is stored instead. Components given
+        as paths are added to the store.
+        """
+        from adapterhub.compose.stack import create_stack
+
+        return create_stack(self, references, weights, name, materialize)
+
+    def inspect(self, first: str, second: str) -> Comparison:
+        """Compare two adapters module by module; see :mod:`adapterhub.compose.compare`."""
+        from adapterhub.compose.compare import compare
+
+        return compare(self._compose_input(first)[0], self._compose_input(second)[0])
 
     def remove(self, reference: str):
         """Remove a reference (or every reference of an id); bytes stay until ``gc``.
@@ -185,18 +310,31 @@ class Library:
         """Re-hash every blob and report each corrupt or missing one."""
         return self.store.verify()
 
-    def _compose_input(self, reference: str):
+    def card(self, reference: str, template: Path | str | None = None,
+             overrides: dict[str, Any] | None = None, existing: str | None = None) -> str:
+        """Render the README.md model card of a stored adapter or stack and return its text.
+
+        See :func:`adapterhub.cards.render_card` for the arguments; raises
+        :class:`CardError` for template errors and metadata the Hub would reject.
+        """
+        from adapterhub.cards import render_card
+
+        return render_card(self, reference, template=template, overrides=overrides,
+                           existing=existing)
+
+    def _compose_input(self, reference: str, label: str | None = None):
         from adapterhub import formats
         from adapterhub.compose.engine import ComposeInput
 
+        label = reference if label is None else label
         path = Path(reference)
         if path.exists():
             module = formats.detect(path)
             adapter = module.load(path)
             artifact_id = artifact_id_for(module.source_files(path), adapter_metadata(adapter, module.NAME))
-            return ComposeInput(adapter, reference, artifact_id), path
-        artifact_id = self.store.resolve(reference)
-        return ComposeInput(self.load(artifact_id), reference, artifact_id), None
+            return ComposeInput(adapter, label, artifact_id), path
+        artifact_id = self.resolve(reference)
+        return ComposeInput(self.load(artifact_id), label, artifact_id), None
 
     def _record(self, result, name: str | None, output: Path | None, fmt: str,
                 store_result: bool) -> ComposeOutcome:
@@ -216,15 +354,40 @@ class Library:
             with tempfile.TemporaryDirectory(prefix="adapterhub-compose-") as folder:
                 files = _stage(contents, Path(folder))
                 artifact_id = self.store.add_artifact(
-                    ADAPTER_KIND, files, metadata, parents=_parent_ids(metadata)
+                    ADAPTER_KIND, files, metadata, parents=_parent_ids(metadata), ref=target
                 )
-            if target:
-                self.store.set_ref(target.name, target.tag, artifact_id)
-                reference = str(target)
+            reference = str(target) if target else None
         return ComposeOutcome(artifact_id, reference, tuple(written), result.lineage)
 
     def _known(self, files: list[tuple[str, Path]], metadata: dict[str, Any]) -> bool:
         return self.store.has_artifact(artifact_id_for(files, metadata))
+
+
+def check_list_filters(filters: dict[str, Any]) -> dict[str, Any]:
+    """Validate and convert the filters of :meth:`Library.list`; see there for the errors."""
+    filters = dict(filters)
+    created_after = filters.get("created_after")
+    if isinstance(created_after, str):
+        try:
+            filters["created_after"] = datetime.fromisoformat(created_after)
+        except ValueError:
+            raise InvalidOptionError(
+                f"created-after date {created_after!r} is not ISO-8601; write e.g. 2025-06-01 "
+                "or 2025-06-01T12:00:00+02:00 (UTC unless an offset is given)"
+            ) from None
+    low, high = filters.get("min_rank"), filters.get("max_rank")
+    for label, rank in (("min-rank", low), ("max-rank", high)):
+        if rank is not None and rank < 1:
+            raise InvalidOptionError(f"{label} {rank} is invalid; expected a positive integer")
+    if low is not None and high is not None and low > high:
+        raise InvalidOptionError(f"min-rank {low} is above max-rank {high}, so nothing can match")
+    search = filters.get("search")
+    if search is not None and not re.search(r"\w", search):
+        raise InvalidOptionError(
+            f"search text {search!r} has no letters or digits; search for words such as a "
+            "name, tag or description"
+        )
+    return filters
 
 
 def parse_name(text: str) -> NamedRef:
@@ -259,7 +422,10 @@ def artifact_id_for_contents(contents: dict[str, bytes], metadata: dict[str, Any
 
 
 def write_files(contents: dict[str, bytes], destination: Path, fmt: str, overwrite: bool) -> list[Path]:
-    """Write exported files under ``destination``: a folder for PEFT, a file for ``.lora``.
+    """Write exported files under ``destination``: a folder for PEFT, a file for the others.
+
+    A single-file format written into an existing folder takes its name in the store
+    (``adapter.lora``, ``lora.safetensors``, ``pytorch_lora_weights.safetensors``).
 
     Each file is written whole under a temporary name and renamed into place. Raises
     :class:`ExportError` before writing anything when a file exists and ``overwrite`` is false.
@@ -271,8 +437,8 @@ def write_files(contents: dict[str, bytes], destination: Path, fmt: str, overwri
             raise ExportError(f"{destination} is a file; a PEFT adapter is a folder, choose a new path")
         targets = {destination / relpath: data for relpath, data in contents.items()}
     else:
-        (data,) = contents.values()
-        target = destination / "adapter.lora" if destination.is_dir() else destination
+        ((relpath, data),) = contents.items()
+        target = destination / relpath if destination.is_dir() else destination
         targets = {target: data}
 
     existing = [str(path) for path in targets if path.exists()]

@@ -74,4 +74,5 @@ def open_library(ctx: click.Context, create: bool = True):
 
 
 # The command modules register themselves on ``main`` when imported.
-from adapterhub.cli import compose_commands, store_commands  # noqa: E402,F401
+from adapterhub.cli import card_commands, compose_commands, store_commands  # noqa: E402,F401
+from adapterhub.cli import hub_commands  # noqa: E402,F401
