@@ -82,13 +82,19 @@ class Library:
             self._store = Store.open(self.home, create=self.create)
         return self._store
 
+    def close(self) -> None:
+        """Close the store's index connection if the store was opened; it reopens on next use."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
     def add(self, path: Path, name: str | None = None, source: str | None = None,
             meta: dict[str, str | None] | None = None, allow_nonfinite: bool = False) -> AddResult:
         """Import the adapter at ``path`` and optionally point ``name[:tag]`` at it.
 
         The files are stored as they are, so adding the same adapter twice stores nothing
         new. ``meta`` (a description, say) is merged into the adapter's annotations, which
-        live beside it in the store and never change its id; an empty value removes a key.
+        live beside it in the store and so never change its id. An empty value removes a key.
         Raises :class:`AdapterFormatError` (or a subclass) before anything is written when
         the files are not a readable adapter, hold NaN or infinite values (unless
         ``allow_nonfinite``), or are symbolic links leading out of the adapter folder.
@@ -201,10 +207,12 @@ class Library:
         }
 
     def load(self, reference: str) -> LoraAdapter:
-        """Read a stored adapter into memory."""
+        """Read a stored adapter into memory; a stack raises AdapterFormatError."""
+        return self._load_artifact(self.resolve(reference), reference)
+
+    def _load_artifact(self, artifact_id: str, reference: str) -> LoraAdapter:
         from adapterhub import formats
 
-        artifact_id = self.resolve(reference)
         manifest = self.store.manifest(artifact_id)
         if manifest.kind == "stack":
             raise AdapterFormatError(
@@ -255,7 +263,7 @@ class Library:
         name: str | None = None,
         output: Path | None = None,
         fmt: str = "peft",
-        progress: Callable[[int], None] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> ComposeOutcome:
         """Compose adapters given by store reference or path.
 
@@ -334,7 +342,7 @@ class Library:
             artifact_id = artifact_id_for(module.source_files(path), adapter_metadata(adapter, module.NAME))
             return ComposeInput(adapter, label, artifact_id), path
         artifact_id = self.resolve(reference)
-        return ComposeInput(self.load(artifact_id), label, artifact_id), None
+        return ComposeInput(self._load_artifact(artifact_id, reference), label, artifact_id), None
 
     def _record(self, result, name: str | None, output: Path | None, fmt: str,
                 store_result: bool) -> ComposeOutcome:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -17,7 +19,9 @@ from store.errors import store_io_error
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["fsync_directory", "write_atomic"]
+_STAGING_NAME = re.compile(r"[a-z]+-([0-9]+)-")
+
+__all__ = ["StagedFile", "fsync_directory", "staging_owner", "staging_prefix", "write_atomic"]
 
 
 def fsync_directory(path: Path) -> None:
@@ -41,6 +45,21 @@ def fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
+def staging_prefix(kind: str) -> str:
+    """Return the name prefix of a staging file: ``<kind>-<process id>-``.
+
+    gc deletes a staging file as soon as the process named in it has exited, because that
+    process can no longer rename it into place.
+    """
+    return f"{kind}-{os.getpid()}-"
+
+
+def staging_owner(name: str) -> int | None:
+    """Return the process id in a staging file name made with ``staging_prefix``, or None."""
+    match = _STAGING_NAME.match(name)
+    return int(match.group(1)) if match else None
+
+
 def write_atomic(target: Path, data: bytes, tmp_dir: Path, *, mode: int | None = None) -> None:
     """Write ``data`` to ``target`` atomically, replacing any existing file.
 
@@ -50,26 +69,108 @@ def write_atomic(target: Path, data: bytes, tmp_dir: Path, *, mode: int | None =
 
     Raises StoreIOError when the disk reports an error; the temporary file is removed then.
     """
+    staged = StagedFile.write(target, data, tmp_dir, mode=mode)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle = tempfile.NamedTemporaryFile(
-            dir=tmp_dir, prefix="write-", suffix=".tmp", delete=False
-        )
-    except OSError as exc:
-        raise store_io_error("create a staging file for", target, exc) from exc
+        staged.commit(keep_backup=False)
+    finally:
+        staged.discard()
 
-    staged = Path(handle.name)
-    try:
-        with handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if mode is not None:
-            os.chmod(staged, mode)
-        os.replace(staged, target)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            staged.unlink()
-        raise store_io_error("write", target, exc) from exc
 
-    fsync_directory(target.parent)
+class StagedFile:
+    """Bytes written and fsynced in tmp/, ready to replace ``target`` in one rename.
+
+    Staging does every write that needs disk space, so a full disk fails there and leaves
+    ``target`` untouched. ``commit`` only renames, and with ``keep_backup`` it first
+    hard-links the old target into tmp/ so that ``restore`` can put it back if a later step
+    of the same operation fails. ``discard`` deletes what is left in tmp/.
+    """
+
+    def __init__(self, target: Path, staged: Path | None, tmp_dir: Path) -> None:
+        self.target = Path(target)
+        self.staged = staged
+        self.tmp_dir = Path(tmp_dir)
+        self.backup: Path | None = None
+        self.committed = False
+
+    @classmethod
+    def write(
+        cls, target: Path, data: bytes, tmp_dir: Path, *, mode: int | None = None
+    ) -> StagedFile:
+        """Stage ``data`` for ``target``; raise StoreIOError (removing the staged file) on failure."""
+        try:
+            handle = tempfile.NamedTemporaryFile(
+                dir=tmp_dir, prefix=staging_prefix("write"), suffix=".tmp", delete=False
+            )
+        except OSError as exc:
+            raise store_io_error("create a staging file for", target, exc) from exc
+
+        staged = Path(handle.name)
+        try:
+            with handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if mode is not None:
+                os.chmod(staged, mode)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                staged.unlink()
+            raise store_io_error("write", target, exc) from exc
+        return cls(target, staged, tmp_dir)
+
+    @classmethod
+    def removal(cls, target: Path, tmp_dir: Path) -> StagedFile:
+        """Prepare the deletion of ``target``: ``commit`` deletes it, ``restore`` puts it back."""
+        return cls(target, None, tmp_dir)
+
+    def commit(self, *, keep_backup: bool = True) -> None:
+        """Rename the staged file over the target, creating missing parent folders.
+
+        For a ``removal`` this deletes the target instead, if it exists.
+        """
+        try:
+            if keep_backup:
+                self.backup = self._link_backup()
+            if self.staged is None:
+                with contextlib.suppress(FileNotFoundError):
+                    self.target.unlink()
+            else:
+                self.target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self.staged, self.target)
+        except OSError as exc:
+            raise store_io_error("write", self.target, exc) from exc
+        self.committed = True
+        fsync_directory(self.target.parent)
+
+    def restore(self) -> None:
+        """Undo ``commit``: put the backed-up file back, or delete a target that was new.
+
+        Failures are logged, because restoring runs while another error is raised.
+        """
+        if not self.committed:
+            return
+        try:
+            if self.backup is not None:
+                os.replace(self.backup, self.target)
+                self.backup = None
+            elif self.staged is not None:
+                self.target.unlink()
+        except OSError as exc:
+            logger.warning("Could not restore %s after a failed write: %s", self.target, exc)
+        self.committed = False
+
+    def discard(self) -> None:
+        """Delete the staged file and the backup, whichever are still in tmp/."""
+        for path in (self.staged, self.backup):
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        self.backup = None
+
+    def _link_backup(self) -> Path | None:
+        backup = self.tmp_dir / f"{staging_prefix('backup')}{secrets.token_hex(8)}.tmp"
+        try:
+            os.link(self.target, backup)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return backup

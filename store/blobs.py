@@ -20,11 +20,12 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from store.atomic import fsync_directory
+from store.atomic import fsync_directory, staging_prefix
 from store.errors import (
     BlobNotFoundError,
     CorruptBlobError,
@@ -34,13 +35,22 @@ from store.errors import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CHUNK_SIZE", "BlobStore", "validate_digest"]
+__all__ = ["CHUNK_SIZE", "BlobStore", "StagedBlob", "validate_digest"]
 
 CHUNK_SIZE = 1024 * 1024
 """Bytes read per step when hashing or copying a file (1 MiB)."""
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _BLOB_MODE = 0o444
+
+
+@dataclass(frozen=True)
+class StagedBlob:
+    """A file written to tmp/ and hashed, waiting to be renamed to its blob path."""
+
+    digest: str
+    size: int
+    path: Path
 
 
 def validate_digest(digest: str) -> str:
@@ -103,17 +113,64 @@ class BlobStore:
         The file is streamed in 1 MiB chunks, so its size does not matter. Raises StoreIOError
         when ``source`` cannot be read or the store cannot be written.
         """
+        staged = self.stage_file(source)
+        try:
+            self.publish(staged)
+        finally:
+            self.discard(staged)
+        return staged.digest, staged.size
+
+    def put_bytes(self, data: bytes) -> str:
+        """Store ``data`` and return its digest."""
+        staged = self.stage_bytes(data)
+        try:
+            self.publish(staged)
+        finally:
+            self.discard(staged)
+        return staged.digest
+
+    def stage_file(self, source: Path) -> StagedBlob:
+        """Copy the file ``source`` into tmp/ while hashing it, and fsync the copy.
+
+        Nothing is visible in blobs/ until ``publish``. Raises StoreIOError when ``source``
+        cannot be read or tmp/ cannot be written (a full disk, say); the copy is removed then.
+        """
         try:
             stream = open(source, "rb")
         except OSError as exc:
             raise store_io_error("read", source, exc) from exc
         with stream:
-            return self._put_chunks(_read_chunks(stream, source))
+            return self._stage_chunks(_read_chunks(stream, Path(source)))
 
-    def put_bytes(self, data: bytes) -> str:
-        """Store ``data`` and return its digest."""
-        digest, _ = self._put_chunks([data])
-        return digest
+    def stage_bytes(self, data: bytes) -> StagedBlob:
+        """Write ``data`` into tmp/ and fsync it; see ``stage_file``."""
+        return self._stage_chunks([data])
+
+    def publish(self, staged: StagedBlob) -> bool:
+        """Rename a staged blob into place and return whether it was new.
+
+        When the blob is already stored, its ctime is refreshed instead (see ``touch``) and
+        the staged copy is left for ``discard``. Raises StoreIOError when the rename fails.
+        """
+        target = self.path(staged.digest)
+        if target.exists():
+            logger.debug("Blob %s is already stored", staged.digest)
+            self.touch(staged.digest)
+            return False
+
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged.path, target)
+        except OSError as exc:
+            raise store_io_error("store blob", target, exc) from exc
+        fsync_directory(target.parent)
+        logger.debug("Stored blob %s", staged.digest)
+        return True
+
+    def discard(self, staged: StagedBlob) -> None:
+        """Delete the staged copy if it is still in tmp/."""
+        with contextlib.suppress(FileNotFoundError):
+            staged.path.unlink()
 
     def open(self, digest: str) -> BinaryIO:
         """Open the blob ``digest`` for binary reading; raise BlobNotFoundError if it is missing.
@@ -237,11 +294,11 @@ class BlobStore:
         except OSError as exc:
             logger.debug("Cannot touch blob %s: %s", path, exc)
 
-    def _put_chunks(self, chunks: Iterable[bytes]) -> tuple[str, int]:
-        """Stage ``chunks`` in tmp/ while hashing them, then move the file into place."""
+    def _stage_chunks(self, chunks: Iterable[bytes]) -> StagedBlob:
+        """Write ``chunks`` to a new file in tmp/ while hashing them."""
         try:
             handle = tempfile.NamedTemporaryFile(
-                dir=self.tmp_dir, prefix="blob-", suffix=".tmp", delete=False
+                dir=self.tmp_dir, prefix=staging_prefix("blob"), suffix=".tmp", delete=False
             )
         except OSError as exc:
             raise store_io_error("create a staging file in", self.tmp_dir, exc) from exc
@@ -250,26 +307,11 @@ class BlobStore:
         try:
             digest, size = _write_hashed(handle, chunks)
             os.chmod(staged, _BLOB_MODE)
-            self._move_into_place(staged, digest)
-        finally:
+        except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 staged.unlink()
-        return digest, size
-
-    def _move_into_place(self, staged: Path, digest: str) -> None:
-        target = self.path(digest)
-        if target.exists():
-            logger.debug("Blob %s is already stored", digest)
-            self.touch(digest)
-            return
-
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged, target)
-        except OSError as exc:
-            raise store_io_error("store blob", target, exc) from exc
-        fsync_directory(target.parent)
-        logger.debug("Stored blob %s", digest)
+            raise
+        return StagedBlob(digest, size, staged)
 
 
 def _write_hashed(handle: IO[bytes], chunks: Iterable[bytes]) -> tuple[str, int]:

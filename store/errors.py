@@ -7,7 +7,8 @@ original exception chained as ``__cause__``.
     StoreError
     ├── StoreNotFoundError        the home has no VERSION file and create=False
     ├── StoreVersionError         VERSION names a store format version that is not supported
-    ├── StoreIOError              an OSError from the disk (ENOSPC, EACCES, EROFS, ...)
+    ├── StoreIOError              an OSError from the disk (ENOSPC, EFBIG, EACCES, EROFS, ...)
+    ├── LockTimeoutError          another process held the store lock for too long
     ├── IndexDatabaseError        a sqlite3 error from index.db (locked, damaged, disk full)
     ├── InvalidDigestError        a digest that is not 64 lowercase hex digits
     ├── BlobNotFoundError         no blob with that digest
@@ -18,7 +19,8 @@ original exception chained as ``__cause__``.
     ├── ReferenceNotFoundError    no reference or artifact matches; lists close matches
     ├── AmbiguousReferenceError   an id prefix matches several artifacts; lists them all
     ├── ReferenceConflictError    a name clashes with the folder layout of another reference
-    └── CorruptReferenceError     a ref file that does not contain an artifact id
+    ├── CorruptReferenceError     a ref file that does not contain an artifact id
+    └── InvalidAnnotationError    an annotation key or value, or an annotation file, that is invalid
 
 Messages name the offending value, what was expected and what to do next.
 """
@@ -35,8 +37,10 @@ __all__ = [
     "CorruptBlobError",
     "CorruptReferenceError",
     "IndexDatabaseError",
+    "InvalidAnnotationError",
     "InvalidDigestError",
     "InvalidReferenceError",
+    "LockTimeoutError",
     "ManifestError",
     "ReferenceConflictError",
     "ReferenceNotFoundError",
@@ -71,6 +75,10 @@ class StoreIOError(StoreError):
     def __init__(self, message: str, *, path: str) -> None:
         super().__init__(message)
         self.path = path
+
+
+class LockTimeoutError(StoreError):
+    """Another process held the store lock longer than the caller was willing to wait."""
 
 
 class IndexDatabaseError(StoreError):
@@ -127,9 +135,17 @@ class CorruptReferenceError(StoreError):
     """A ref file does not contain a 64-digit artifact id followed by a newline."""
 
 
+class InvalidAnnotationError(StoreError):
+    """An annotation key or value is invalid, or an annotation file is not a JSON object of strings."""
+
+
 _ERRNO_ADVICE = {
     errno.ENOSPC: "Free space on that file system, then retry.",
     errno.EDQUOT: "Free space within your disk quota, then retry.",
+    errno.EFBIG: (
+        "The file exceeds the largest file size allowed for this process or file system "
+        "(see ulimit -f); raise the limit, then retry."
+    ),
     errno.EACCES: "Check that you have permission to read and write that path, then retry.",
     errno.EPERM: "Check that you have permission to read and write that path, then retry.",
     errno.EROFS: "That file system is read-only; point ADAPTERHUB_HOME at a writable store.",

@@ -1,17 +1,23 @@
-"""The SQLite index of a store: derived data that ``reindex`` rebuilds from blobs and ref files.
+"""The SQLite index of a store: derived data that ``reindex`` rebuilds from the store's files.
 
 Tables:
 
     artifacts   id (primary key), kind, created (ISO-8601 UTC), bytes (sum of file sizes), the
-                promoted metadata columns of ``PROMOTED_COLUMNS``, and metadata (full JSON text)
+                promoted metadata columns of ``PROMOTED_COLUMNS``, metadata (full JSON text)
+                and annotations (JSON text of the user's annotations, or NULL)
     files       artifact_id, path, sha256, size; primary key (artifact_id, path)
     refs        name, tag, artifact_id; primary key (name, tag)
     lineage     child, parent, position; primary key (child, position)
+    search      one row per artifact with the text that full-text search sees: reference
+                names, tags, description, other annotations and base model
+    search_fts  the FTS5 index of ``search``, kept in step by triggers
 
-The schema changes only through the named sqlite-utils migrations in ``MIGRATIONS``. The
-database runs in WAL mode and waits up to ``BUSY_TIMEOUT_MS`` for other writers, and every
-write is one short ``BEGIN IMMEDIATE`` transaction, so several processes can share it.
-sqlite3 errors are translated into IndexDatabaseError here.
+The schema changes only through the named sqlite-utils migrations in ``MIGRATIONS``. Opening
+an index whose migrations are all applied reads one table and does not import sqlite-utils,
+so read-only commands start fast. The database runs in WAL mode and waits up to
+``BUSY_TIMEOUT_MS`` for other writers, and every write is one short ``BEGIN IMMEDIATE``
+transaction, so several processes can share it. sqlite3 errors are translated into
+IndexDatabaseError here.
 """
 
 from __future__ import annotations
@@ -20,17 +26,18 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-from sqlite_utils import Database
-from sqlite_utils.db import Table
-from sqlite_utils.migrations import Migrations
+from typing import TYPE_CHECKING, Any
 
 from store.errors import IndexDatabaseError
 from store.manifest import Manifest
 from store.refs import RefEntry
+from store.search import create_search_tables, decode_row, list_query, refresh_search
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +65,8 @@ PEFT regex). Values of another type leave the column NULL, and the full metadata
 the metadata column either way.
 """
 
+MIGRATION_SET = "store.index"
+
 
 def create_tables(db: Database) -> None:
     """Create the artifacts, files, refs and lineage tables with their indexes."""
@@ -66,31 +75,37 @@ def create_tables(db: Database) -> None:
         artifact_columns[name] = str if kind is list else kind
     artifact_columns["metadata"] = str
 
-    artifacts = _table(db, "artifacts").create(
+    artifacts = db.table("artifacts").create(
         artifact_columns, pk="id", not_null=["kind", "created"]
     )
     artifacts.create_index(["created", "id"])
     artifacts.create_index(["kind"])
     artifacts.create_index(["base_model"])
 
-    files = _table(db, "files").create(
+    files = db.table("files").create(
         {"artifact_id": str, "path": str, "sha256": str, "size": int}, pk=("artifact_id", "path")
     )
     files.create_index(["sha256"])
 
-    refs = _table(db, "refs").create(
+    refs = db.table("refs").create(
         {"name": str, "tag": str, "artifact_id": str}, pk=("name", "tag")
     )
     refs.create_index(["artifact_id"])
 
-    lineage = _table(db, "lineage").create(
+    lineage = db.table("lineage").create(
         {"child": str, "parent": str, "position": int}, pk=("child", "position")
     )
     lineage.create_index(["parent"])
 
 
-# TODO: add an FTS table over description and metadata once listing needs free-text search.
-MIGRATIONS: list[Callable[[Database], None]] = [create_tables]
+def add_annotations_and_search(db: Database) -> None:
+    """Add the annotations column and the full-text search tables, filled from existing rows."""
+    db.table("artifacts").add_column("annotations", str)
+    create_search_tables(db)
+    refresh_search(db.conn, None)
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [create_tables, add_annotations_and_search]
 """Every schema migration in the order they apply; each is recorded under its function name."""
 
 
@@ -98,25 +113,45 @@ class Index:
     """A connection to ``index.db``; not safe to share between threads.
 
     Every public method raises IndexDatabaseError when SQLite fails, for example when
-    another process holds the write lock longer than ``BUSY_TIMEOUT_MS`` or the file is
-    damaged. Deleting a damaged index.db and calling ``Store.reindex`` repairs it.
+    another process holds the write lock longer than ``BUSY_TIMEOUT_MS``, the disk is full
+    or the file is damaged. Deleting a damaged index.db and calling ``Store.reindex``
+    repairs it.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         with self._translate_errors("open the index"):
-            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000)
-            self.db = Database(connection, execute_plugins=False)
-            self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self.db.enable_wal()
+            # isolation_level=None leaves transactions to the explicit BEGIN in _write.
+            self.conn = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
+            )
+            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if self.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                self.conn.execute("PRAGMA journal_mode = wal")
         self._migrate()
 
     def close(self) -> None:
         """Close the connection; later calls fail."""
-        self.db.close()
+        self.conn.close()
 
-    def add_artifact(self, artifact_id: str, manifest: Manifest, created: str) -> bool:
-        """Index one artifact with its files and lineage in one transaction.
+    @contextlib.contextmanager
+    def transaction(self, action: str) -> Iterator[None]:
+        """Run the block as one write transaction; ``action`` names it in error messages.
+
+        Write methods called inside join the transaction, so the block commits or rolls
+        back as a whole.
+        """
+        with self._write(action):
+            yield
+
+    def add_artifact(
+        self,
+        artifact_id: str,
+        manifest: Manifest,
+        created: str,
+        annotations: Mapping[str, str] | None = None,
+    ) -> bool:
+        """Index one artifact with its files, lineage and annotations in one transaction.
 
         Returns False, changing nothing, when the artifact is already indexed, so its
         ``created`` time is kept.
@@ -124,7 +159,8 @@ class Index:
         with self._write("index artifact " + artifact_id):
             if self._has_artifact(artifact_id):
                 return False
-            self._insert_artifacts([(artifact_id, manifest, created)])
+            self._insert_artifacts([(artifact_id, manifest, created)], {artifact_id: annotations})
+            refresh_search(self.conn, [artifact_id])
         return True
 
     def has_artifact(self, artifact_id: str) -> bool:
@@ -135,13 +171,13 @@ class Index:
     def artifact_ids(self) -> set[str]:
         """Return the id of every indexed artifact."""
         with self._translate_errors("list artifact ids"):
-            return {row[0] for row in self.db.execute("SELECT id FROM artifacts")}
+            return {row[0] for row in self.conn.execute("SELECT id FROM artifacts")}
 
     def ids_with_prefix(self, prefix: str) -> list[str]:
         """Return the sorted ids of indexed artifacts that start with lowercase hex ``prefix``."""
         # Hex digits sort below "g", so the range covers exactly the ids with this prefix.
         with self._translate_errors("look up id prefix " + prefix):
-            cursor = self.db.execute(
+            cursor = self.conn.execute(
                 "SELECT id FROM artifacts WHERE id >= ? AND id < ? ORDER BY id",
                 [prefix, prefix + "g"],
             )
@@ -149,20 +185,42 @@ class Index:
 
     def set_ref(self, name: str, tag: str, artifact_id: str) -> None:
         """Record that ``name:tag`` points at ``artifact_id``, replacing any earlier row."""
-        with self._write(f"set reference {name}:{tag}"):
-            _table(self.db, "refs").insert(
-                {"name": name, "tag": tag, "artifact_id": artifact_id}, replace=True
-            )
+        self.sync_ref(name, tag, artifact_id)
 
     def remove_ref(self, name: str, tag: str) -> None:
         """Delete the row of ``name:tag`` if there is one."""
-        with self._write(f"remove reference {name}:{tag}"):
-            self.db.execute("DELETE FROM refs WHERE name = ? AND tag = ?", [name, tag])
+        self.sync_ref(name, tag, None)
+
+    def sync_ref(self, name: str, tag: str, artifact_id: str | None) -> None:
+        """Make the row of ``name:tag`` point at ``artifact_id``, or delete it for None."""
+        with self._write(f"update reference {name}:{tag}"):
+            row = self.conn.execute(
+                "SELECT artifact_id FROM refs WHERE name = ? AND tag = ?", [name, tag]
+            ).fetchone()
+            previous = row[0] if row else None
+            if previous == artifact_id:
+                return
+            self.conn.execute("DELETE FROM refs WHERE name = ? AND tag = ?", [name, tag])
+            if artifact_id is not None:
+                self.conn.execute(
+                    "INSERT INTO refs (name, tag, artifact_id) VALUES (?, ?, ?)",
+                    [name, tag, artifact_id],
+                )
+            refresh_search(self.conn, [item for item in (previous, artifact_id) if item])
+
+    def set_annotations(self, artifact_id: str, annotations: Mapping[str, str]) -> None:
+        """Replace the annotations of an indexed artifact; an empty mapping clears them."""
+        with self._write("annotate artifact " + artifact_id):
+            self.conn.execute(
+                "UPDATE artifacts SET annotations = ? WHERE id = ?",
+                [_annotations_text(annotations), artifact_id],
+            )
+            refresh_search(self.conn, [artifact_id])
 
     def refs_by_artifact(self) -> dict[str, list[str]]:
         """Return the sorted ``name:tag`` strings of each artifact id that has references."""
         with self._translate_errors("list references"):
-            cursor = self.db.execute("SELECT artifact_id, name, tag FROM refs ORDER BY name, tag")
+            cursor = self.conn.execute("SELECT artifact_id, name, tag FROM refs ORDER BY name, tag")
             refs: dict[str, list[str]] = {}
             for artifact_id, name, tag in cursor:
                 refs.setdefault(artifact_id, []).append(f"{name}:{tag}")
@@ -175,25 +233,31 @@ class Index:
         """
         ids = [[artifact_id] for artifact_id in artifact_ids]
         with self._write("remove artifacts"):
-            self.db.conn.executemany("DELETE FROM artifacts WHERE id = ?", ids)
-            self.db.conn.executemany("DELETE FROM files WHERE artifact_id = ?", ids)
-            self.db.conn.executemany("DELETE FROM lineage WHERE child = ?", ids)
+            self.conn.executemany("DELETE FROM artifacts WHERE id = ?", ids)
+            self.conn.executemany("DELETE FROM files WHERE artifact_id = ?", ids)
+            self.conn.executemany("DELETE FROM lineage WHERE child = ?", ids)
+            self.conn.executemany("DELETE FROM search WHERE artifact_id = ?", ids)
 
     def rebuild(
-        self, artifacts: Iterable[tuple[str, Manifest, str]], refs: Iterable[RefEntry]
+        self,
+        artifacts: Iterable[tuple[str, Manifest, str]],
+        refs: Iterable[RefEntry],
+        annotations: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
-        """Replace all rows by ``artifacts`` (id, manifest, created) and ``refs``, atomically.
+        """Replace all rows by ``artifacts`` (id, manifest, created), ``refs`` and ``annotations``.
 
-        Readers in other processes see either the old or the new index, never a mixture.
+        This is one transaction: readers in other processes see either the old or the new
+        index, never a mixture.
         """
         with self._write("rebuild the index"):
-            for table in ("artifacts", "files", "refs", "lineage"):
-                self.db.execute(f"DELETE FROM {table}")
-            self._insert_artifacts(list(artifacts))
-            ref_rows = (
-                {"name": ref.name, "tag": ref.tag, "artifact_id": ref.artifact_id} for ref in refs
+            for table in ("artifacts", "files", "refs", "lineage", "search"):
+                self.conn.execute(f"DELETE FROM {table}")
+            self._insert_artifacts(list(artifacts), annotations or {})
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO refs (name, tag, artifact_id) VALUES (?, ?, ?)",
+                [(ref.name, ref.tag, ref.artifact_id) for ref in refs],
             )
-            _table(self.db, "refs").insert_all(ref_rows, replace=True)
+            refresh_search(self.conn, None)
 
     def list_artifacts(
         self,
@@ -206,70 +270,99 @@ class Index:
         target_module: str | None = None,
         tag: str | None = None,
         name: str | None = None,
+        created_after: datetime | None = None,
+        search: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Return the artifacts that match every given filter, ordered by created time, then id.
+        """Return the artifacts that match every given filter.
 
         ``name`` and ``tag`` match artifacts with a reference of that name and/or tag (one
         reference must match both when both are given). ``target_module`` matches an exact
-        module name in a target_modules list. Each dict has the artifacts columns, with
-        ``metadata`` and ``target_modules`` decoded from JSON, plus ``refs`` (sorted
+        module name in a target_modules list. ``created_after`` keeps artifacts created
+        strictly later (a naive datetime counts as UTC). ``search`` is free text matched by
+        ``search_query``; its matches come best first, and otherwise rows are ordered by
+        created time, then id. Each dict has the artifacts columns, with ``metadata``,
+        ``annotations`` and ``target_modules`` decoded from JSON, plus ``refs`` (sorted
         ``name:tag`` strings) and ``parents`` (ids in lineage order).
         """
-        conditions, parameters = _filter_conditions(
+        query = list_query(
             kind=kind, base_model=base_model, peft_type=peft_type, min_rank=min_rank,
             max_rank=max_rank, target_module=target_module, tag=tag, name=name,
+            created_after=created_after, search=search,
         )
-        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        if query is None:
+            return []
         with self._translate_errors("list artifacts"):
-            query = f"SELECT * FROM artifacts {where} ORDER BY created, id"
-            rows = list(self.db.query(query, parameters))
-            parents = self._parents_by_child()
-        refs = self.refs_by_artifact()
-        return [
-            _decode_row(row, refs.get(row["id"], []), parents.get(row["id"], [])) for row in rows
-        ]
+            cursor = self.conn.execute(*query)
+            names = [column[0] for column in cursor.description]
+            return [decode_row(dict(zip(names, row))) for row in cursor]
 
     def _migrate(self) -> None:
-        migrations = Migrations("store.index")
+        with self._translate_errors("read the index schema"):
+            if not self._pending_migrations():
+                return
+
+        from sqlite_utils import Database
+        from sqlite_utils.migrations import Migrations
+
+        migrations = Migrations(MIGRATION_SET)
         for migration in MIGRATIONS:
             migrations()(migration)
+        db = Database(self.conn, recursive_triggers=False, execute_plugins=False)
         with self._write("migrate the index schema"):
-            pending = [migration.name for migration in migrations.pending(self.db)]
-            migrations.apply(self.db)
+            pending = [migration.name for migration in migrations.pending(db)]
+            migrations.apply(db)
         if pending:
             logger.info("Applied index migrations %s to %s", ", ".join(pending), self.path)
 
+    def _pending_migrations(self) -> list[str]:
+        """Return the names of migrations not yet applied, reading without sqlite-utils."""
+        exists = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlite_migrations'"
+        ).fetchone()
+        applied: set[str] = set()
+        if exists:
+            cursor = self.conn.execute(
+                "SELECT name FROM _sqlite_migrations WHERE migration_set = ?", [MIGRATION_SET]
+            )
+            applied = {row[0] for row in cursor}
+        return [migration.__name__ for migration in MIGRATIONS if migration.__name__ not in applied]
+
     def _has_artifact(self, artifact_id: str) -> bool:
-        cursor = self.db.execute("SELECT 1 FROM artifacts WHERE id = ?", [artifact_id])
+        cursor = self.conn.execute("SELECT 1 FROM artifacts WHERE id = ?", [artifact_id])
         return cursor.fetchone() is not None
 
-    def _insert_artifacts(self, artifacts: list[tuple[str, Manifest, str]]) -> None:
-        _table(self.db, "artifacts").insert_all(
-            (_artifact_row(*artifact) for artifact in artifacts), ignore=True
-        )
-        _table(self.db, "files").insert_all(
-            (
-                {"artifact_id": artifact_id, **entry.to_dict()}
+    def _insert_artifacts(
+        self,
+        artifacts: list[tuple[str, Manifest, str]],
+        annotations: Mapping[str, Mapping[str, str] | None],
+    ) -> None:
+        rows = [
+            _artifact_row(artifact_id, manifest, created, annotations.get(artifact_id))
+            for artifact_id, manifest, created in artifacts
+        ]
+        if rows:
+            columns = list(rows[0])
+            placeholders = ", ".join("?" for _ in columns)
+            self.conn.executemany(
+                f"INSERT OR IGNORE INTO artifacts ({', '.join(columns)}) VALUES ({placeholders})",
+                [[row[column] for column in columns] for row in rows],
+            )
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO files (artifact_id, path, sha256, size) VALUES (?, ?, ?, ?)",
+            [
+                (artifact_id, entry.path, entry.sha256, entry.size)
                 for artifact_id, manifest, _ in artifacts
                 for entry in manifest.files
-            ),
-            ignore=True,
+            ],
         )
-        _table(self.db, "lineage").insert_all(
-            (
-                {"child": artifact_id, "parent": parent, "position": position}
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO lineage (child, parent, position) VALUES (?, ?, ?)",
+            [
+                (artifact_id, parent, position)
                 for artifact_id, manifest, _ in artifacts
                 for position, parent in enumerate(manifest.parents)
-            ),
-            ignore=True,
+            ],
         )
-
-    def _parents_by_child(self) -> dict[str, list[str]]:
-        cursor = self.db.execute("SELECT child, parent FROM lineage ORDER BY child, position")
-        parents: dict[str, list[str]] = {}
-        for child, parent in cursor:
-            parents.setdefault(child, []).append(parent)
-        return parents
 
     @contextlib.contextmanager
     def _write(self, action: str) -> Iterator[None]:
@@ -277,15 +370,20 @@ class Index:
 
         IMMEDIATE takes the write lock up front, so the busy timeout applies. A deferred
         transaction that reads first can fail at once with SQLITE_BUSY when it later writes.
+        Inside a transaction that is already open, the block simply joins it.
         """
         with self._translate_errors(action):
-            self.db.conn.execute("BEGIN IMMEDIATE")
+            if self.conn.in_transaction:
+                yield
+                return
+            self.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield
+                self.conn.execute("COMMIT")
             except BaseException:
-                self.db.rollback()
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
                 raise
-            self.db.commit()
 
     @contextlib.contextmanager
     def _translate_errors(self, action: str) -> Iterator[None]:
@@ -295,11 +393,15 @@ class Index:
             raise _index_error(action, self.path, exc) from exc
 
 
-def _table(db: Database, name: str) -> Table:
-    return db.table(name)
+def _annotations_text(annotations: Mapping[str, str] | None) -> str | None:
+    if not annotations:
+        return None
+    return json.dumps(dict(annotations), sort_keys=True, ensure_ascii=False)
 
 
-def _artifact_row(artifact_id: str, manifest: Manifest, created: str) -> dict[str, Any]:
+def _artifact_row(
+    artifact_id: str, manifest: Manifest, created: str, annotations: Mapping[str, str] | None
+) -> dict[str, Any]:
     row: dict[str, Any] = {
         "id": artifact_id,
         "kind": manifest.kind,
@@ -308,6 +410,7 @@ def _artifact_row(artifact_id: str, manifest: Manifest, created: str) -> dict[st
     }
     row.update(_promoted_values(artifact_id, manifest.metadata))
     row["metadata"] = json.dumps(manifest.metadata, sort_keys=True, ensure_ascii=False)
+    row["annotations"] = _annotations_text(annotations)
     return row
 
 
@@ -332,46 +435,10 @@ def _column_value(kind: type, value: Any) -> Any:
         return json.dumps(value, ensure_ascii=False) if is_names or isinstance(value, str) else None
     if kind is float and isinstance(value, (int, float)):
         return float(value)
+    if kind is int and isinstance(value, int) and not -(2**63) <= value < 2**63:
+        # SQLite integers are 64-bit; a larger value stays in the metadata column only.
+        return None
     return value if isinstance(value, kind) else None
-
-
-def _filter_conditions(**filters: Any) -> tuple[list[str], list[Any]]:
-    conditions: list[str] = []
-    parameters: list[Any] = []
-    for column in ("kind", "base_model", "peft_type"):
-        if filters[column] is not None:
-            conditions.append(f"{column} = ?")
-            parameters.append(filters[column])
-    if filters["min_rank"] is not None:
-        conditions.append("rank >= ?")
-        parameters.append(filters["min_rank"])
-    if filters["max_rank"] is not None:
-        conditions.append("rank <= ?")
-        parameters.append(filters["max_rank"])
-    if filters["target_module"] is not None:
-        conditions.append(
-            "EXISTS (SELECT 1 FROM json_each(artifacts.target_modules) WHERE value = ?)"
-        )
-        parameters.append(filters["target_module"])
-
-    ref_conditions = ["refs.artifact_id = artifacts.id"]
-    for column in ("name", "tag"):
-        if filters[column] is not None:
-            ref_conditions.append(f"refs.{column} = ?")
-            parameters.append(filters[column])
-    if len(ref_conditions) > 1:
-        conditions.append(f"EXISTS (SELECT 1 FROM refs WHERE {' AND '.join(ref_conditions)})")
-    return conditions, parameters
-
-
-def _decode_row(row: dict[str, Any], refs: list[str], parents: list[str]) -> dict[str, Any]:
-    decoded = dict(row)
-    decoded["metadata"] = json.loads(row["metadata"]) if row["metadata"] is not None else {}
-    if row["target_modules"] is not None:
-        decoded["target_modules"] = json.loads(row["target_modules"])
-    decoded["refs"] = refs
-    decoded["parents"] = parents
-    return decoded
 
 
 def _index_error(action: str, path: Path, exc: sqlite3.Error) -> IndexDatabaseError:

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from store.atomic import write_atomic
+from store.atomic import StagedFile, write_atomic
 from store.errors import (
     CorruptReferenceError,
     InvalidReferenceError,
@@ -242,6 +242,16 @@ class RefFiles:
         self._check_conflicts(name, tag, path)
         write_atomic(path, f"{artifact_id}\n".encode("ascii"), self.tmp_dir)
         logger.debug("Reference %s:%s now points at %s", name, tag, artifact_id)
+
+    def stage(self, name: str, tag: str, artifact_id: str) -> StagedFile:
+        """Stage the ref file of ``name:tag`` in tmp/; its ``commit`` points the reference.
+
+        Raises the errors of ``write`` before anything is staged, and StoreIOError when
+        tmp/ cannot be written.
+        """
+        path = self.path(name, tag)
+        self._check_conflicts(name, tag, path)
+        return StagedFile.write(path, f"{artifact_id}\n".encode("ascii"), self.tmp_dir)
 
     def delete(self, name: str, tag: str) -> bool:
         """Delete the ref file of ``name:tag`` and return whether it existed.

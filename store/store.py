@@ -6,38 +6,41 @@ Layout of a store home (format version 1)::
     blobs/sha256/ab/cdef... immutable, read-only blobs named by the sha256 of their bytes
     tmp/                    staging files on the same file system
     refs/<name>/<tag>       ref files: an artifact id and a newline
-    index.db                SQLite index of artifacts, files, refs and lineage (derived data)
+    annotations/ab/cdef...json  user annotations of an artifact (see store.annotations)
+    locks/store, locks/gate the store lock (see store.locking)
+    index.db                SQLite index of artifacts, files, refs, lineage and search (derived)
 
-Blobs and ref files are the source of truth; ``reindex`` rebuilds index.db from them. Several
-processes may use one store at once: blobs are written by idempotent renames, ref files by
-atomic replacement, and index writes are short transactions.
+Blobs, ref files and annotation files are the source of truth; ``reindex`` rebuilds index.db
+from them. docs/store-format.md specifies the format. Several processes may use one store at
+once: blobs are written by idempotent renames, ref files by atomic replacement, index writes
+are short transactions, and gc holds the store lock exclusively while writers share it.
 """
 
 from __future__ import annotations
 
-import difflib
+import contextlib
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from store.annotations import AnnotationFiles, validate_annotations
 from store.artifacts import read_manifest
-from store.atomic import write_atomic
+from store.atomic import StagedFile
 from store.blobs import BlobStore
-from store.errors import (
-    AmbiguousReferenceError,
-    ArtifactNotFoundError,
-    BlobNotFoundError,
-    ManifestError,
-    ReferenceNotFoundError,
-    StoreNotFoundError,
-    StoreVersionError,
-    store_io_error,
-)
+from store.errors import ArtifactNotFoundError, StoreError
 from store.index import Index
+from store.layout import (
+    FORMAT_VERSION,
+    SUPPORTED_FORMAT_VERSIONS,
+    home_default,
+    open_layout,
+)
+from store.locking import LOCKS_AVAILABLE, StoreLock
 from store.maintenance import (
     DEFAULT_GRACE_S,
     GcReport,
@@ -48,32 +51,25 @@ from store.maintenance import (
     verify_blobs,
 )
 from store.manifest import FileEntry, Manifest
-from store.refs import IdRef, NamedRef, RefEntry, RefFiles, parse_ref, validate_name, validate_tag
+from store.refs import (
+    NamedRef,
+    RefEntry,
+    RefFiles,
+    parse_ref,
+    validate_name,
+    validate_tag,
+)
+from store.resolve import named_ref_not_found, resolve_prefix
+from store.writes import Publication, check_files_stored, unneeded_blobs
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["FORMAT_VERSION", "SUPPORTED_FORMAT_VERSIONS", "Removal", "Store", "home_default"]
 
-FORMAT_VERSION = 1
-"""The store format version that new stores get."""
-
-SUPPORTED_FORMAT_VERSIONS = (1,)
-"""Store format versions that this code opens."""
+ROLLBACK_LOCK_TIMEOUT_S = 30.0
+"""How long a failed write waits for the exclusive lock to delete the blobs it created."""
 
 _PLACEHOLDER_DIGEST = "0" * 64
-
-
-def home_default() -> Path:
-    """Return the default store home.
-
-    That is ``$ADAPTERHUB_HOME`` if set, else ``$XDG_DATA_HOME/adapterhub``, else
-    ``~/.local/share/adapterhub``. Empty variables count as unset.
-    """
-    if os.environ.get("ADAPTERHUB_HOME"):
-        return Path(os.environ["ADAPTERHUB_HOME"]).expanduser()
-    if os.environ.get("XDG_DATA_HOME"):
-        return Path(os.environ["XDG_DATA_HOME"]).expanduser() / "adapterhub"
-    return Path.home() / ".local" / "share" / "adapterhub"
 
 
 @dataclass(frozen=True)
@@ -93,15 +89,18 @@ class Store:
     StoreVersionError for an unsupported format version, StoreIOError when the disk fails
     and IndexDatabaseError when index.db cannot be opened.
 
-    Each Store has its own SQLite connection, so use an instance from one thread only.
-    Close it with ``close`` or by using it as a context manager.
+    Each Store has its own SQLite connection and lock state, so use an instance from one
+    thread only. Close it with ``close`` or by using it as a context manager.
     """
 
     def __init__(self, home: str | os.PathLike[str], *, create: bool = True) -> None:
         self.home = Path(home).expanduser()
         self.blobs = BlobStore(self.home)
         self.ref_files = RefFiles(self.home / "refs", self.blobs.tmp_dir)
-        self._open_layout(create)
+        self.annotation_files = AnnotationFiles(self.home / "annotations", self.blobs.tmp_dir)
+        self.lock = StoreLock(self.home / "locks")
+        self._new_blobs: list[str] = []
+        open_layout(self.home, self.blobs, self.ref_files, self.lock, create=create)
         self.index = Index(self.home / "index.db")
 
     @classmethod
@@ -124,16 +123,40 @@ class Store:
     ) -> None:
         self.close()
 
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the store lock shared for a block of writes, so gc waits until it ends.
+
+        Every write method takes the lock itself. Wrap several calls in one block when a
+        later call relies on blobs that an earlier one stored (``put_file`` and then
+        ``add_manifest``). If the block raises, the blobs that it stored for the first time
+        are deleted again, unless something else in the store needs them by then.
+        """
+        if self.lock.held is not None:
+            yield
+            return
+        self._new_blobs = []
+        try:
+            with self.lock.shared():
+                yield
+        except BaseException:
+            self._discard_new_blobs()
+            raise
+        finally:
+            self._new_blobs = []
+
     def put_file(self, source: str | os.PathLike[str]) -> tuple[str, int]:
         """Store the file ``source`` as a blob and return ``(digest, size)``.
 
         See ``add_manifest`` for turning stored blobs into an artifact.
         """
-        return self.blobs.put_file(Path(source))
+        with self.writing():
+            return self.blobs.put_file(Path(source))
 
     def put_bytes(self, data: bytes) -> str:
         """Store ``data`` as a blob and return its digest; see ``add_manifest``."""
-        return self.blobs.put_bytes(data)
+        with self.writing():
+            return self.blobs.put_bytes(data)
 
     def add_artifact(
         self,
@@ -141,14 +164,22 @@ class Store:
         files: Sequence[tuple[str, str | os.PathLike[str]]],
         metadata: dict[str, Any] | None = None,
         parents: Iterable[str] = (),
+        *,
+        ref: NamedRef | None = None,
+        annotations: Mapping[str, str | None] | None = None,
     ) -> str:
         """Store ``files`` (relative path, source file) as an artifact and return its id.
 
-        The manifest is validated before any file is stored, so an invalid path, kind or
-        metadata value raises ManifestError without writing anything. Adding the same
-        content again returns the same id, stores nothing new and keeps the index row with
-        its original ``created`` time. Also raises StoreIOError when a source cannot be
-        read and ArtifactNotFoundError when a parent is not in the store.
+        ``ref`` is pointed at the artifact and ``annotations`` are merged into its
+        annotations (see ``annotate``) as part of the same write. The manifest, reference
+        and annotations are validated before any file is read, and every byte is staged in
+        tmp/ before anything becomes visible, so a failure (a full disk included) leaves the
+        store as it was. Adding the same content again returns the same id, stores nothing
+        new and keeps the index row with its original ``created`` time.
+
+        Raises ManifestError, InvalidReferenceError, ReferenceConflictError or
+        InvalidAnnotationError for invalid arguments, StoreIOError when a source cannot be
+        read or the disk fails, and ArtifactNotFoundError when a parent is not in the store.
         """
         metadata = {} if metadata is None else metadata
         parents = tuple(parents)
@@ -158,35 +189,36 @@ class Store:
             metadata=metadata,
             parents=parents,
         )
-        entries = []
-        for path, source in files:
-            digest, size = self.blobs.put_file(Path(source))
-            entries.append(FileEntry(path, digest, size))
-        return self.add_manifest(Manifest(kind, tuple(entries), metadata, parents))
+        self._check_ref_and_annotations(ref, annotations)
+        with self.writing(), Publication(self.blobs, self._new_blobs) as publication:
+            self._check_parents(kind, parents)
+            entries = []
+            for path, source in files:
+                staged = publication.stage_file(Path(source))
+                entries.append(FileEntry(path, staged.digest, staged.size))
+            manifest = Manifest(kind, tuple(entries), metadata, parents)
+            return self._publish(publication, manifest, ref, annotations)
 
-    def add_manifest(self, manifest: Manifest) -> str:
+    def add_manifest(
+        self,
+        manifest: Manifest,
+        *,
+        ref: NamedRef | None = None,
+        annotations: Mapping[str, str | None] | None = None,
+    ) -> str:
         """Store and index a manifest whose file blobs are already stored; return the artifact id.
 
         Use this after writing blobs with ``put_file`` or ``put_bytes``, for example when a
-        composition writes its output files itself. Raises BlobNotFoundError listing every
-        file whose blob is missing, ManifestError when a blob's size differs from its
-        entry, and ArtifactNotFoundError listing every parent that is not in the store.
+        composition writes its output files itself. Make both calls inside one ``writing()``
+        block, or within the gc grace period, so that gc keeps the blobs in between. Raises BlobNotFoundError listing every file
+        whose blob is missing, ManifestError when a blob's size differs from its entry, and
+        ArtifactNotFoundError listing every parent that is not in the store.
         """
-        self._check_files_stored(manifest)
-        missing_parents = [parent for parent in manifest.parents if not self.has_artifact(parent)]
-        if missing_parents:
-            raise ArtifactNotFoundError(
-                f"Cannot add the {manifest.kind} artifact: its parents "
-                f"{', '.join(missing_parents)} are not in the store. "
-                "Add the parent artifacts first."
-            )
-
-        artifact_id = self.blobs.put_bytes(manifest.to_bytes())
-        if self.index.add_artifact(artifact_id, manifest, self.blobs.created(artifact_id)):
-            logger.info("Added %s artifact %s", manifest.kind, artifact_id)
-        else:
-            logger.info("%s artifact %s is already stored", manifest.kind.capitalize(), artifact_id)
-        return artifact_id
+        self._check_ref_and_annotations(ref, annotations)
+        with self.writing(), Publication(self.blobs, self._new_blobs) as publication:
+            check_files_stored(self.blobs, manifest)
+            self._check_parents(manifest.kind, manifest.parents)
+            return self._publish(publication, manifest, ref, annotations)
 
     def manifest(self, artifact_id: str) -> Manifest:
         """Return the manifest of ``artifact_id``, read and verified from its blob.
@@ -219,26 +251,24 @@ class Store:
         if isinstance(ref, NamedRef):
             artifact_id = self.ref_files.read(ref.name, ref.tag)
             if artifact_id is None:
-                raise self._named_ref_not_found(ref)
+                raise named_ref_not_found(self.home, self.ref_files, ref)
             return artifact_id
-        return self._resolve_prefix(ref)
+        return resolve_prefix(self.home, self.blobs, self.index, ref)
 
     def set_ref(self, name: str, tag: str, artifact_id: str) -> None:
         """Point ``name:tag`` at ``artifact_id``, replacing its earlier target.
 
         The artifact's manifest must be in the store. If its index row was removed, it is
         indexed again. Raises InvalidReferenceError, ReferenceConflictError,
-        ArtifactNotFoundError or StoreIOError.
+        ArtifactNotFoundError or StoreIOError; on failure the reference is unchanged.
         """
         validate_name(name)
         validate_tag(tag)
-        manifest = self.manifest(artifact_id)
-        self._touch_artifact(artifact_id, manifest)
-        if not self.index.has_artifact(artifact_id):
-            self.index.add_artifact(artifact_id, manifest, self.blobs.created(artifact_id))
-
-        self.ref_files.write(name, tag, artifact_id)
-        self.index.set_ref(name, tag, artifact_id)
+        with self.writing():
+            manifest = self.manifest(artifact_id)
+            staged = self.ref_files.stage(name, tag, artifact_id)
+            self._touch_artifact(artifact_id, manifest)
+            self._commit_and_index(staged, artifact_id, manifest, NamedRef(name, tag))
         logger.info("Set reference %s:%s to %s", name, tag, artifact_id)
 
     def remove_ref(self, name: str, tag: str) -> str:
@@ -249,8 +279,8 @@ class Store:
         """
         artifact_id = self.ref_files.read(name, tag)
         if artifact_id is None or not self.ref_files.delete(name, tag):
-            raise self._named_ref_not_found(NamedRef(name, tag))
-        self.index.remove_ref(name, tag)
+            raise named_ref_not_found(self.home, self.ref_files, NamedRef(name, tag))
+        self._sync_ref_row(name, tag)
         logger.info("Removed reference %s:%s", name, tag)
         return artifact_id
 
@@ -260,6 +290,25 @@ class Store:
         if artifact_id is None:
             return entries
         return [entry for entry in entries if entry.artifact_id == artifact_id]
+
+    def annotations(self, artifact_id: str) -> dict[str, str]:
+        """Return the user annotations of ``artifact_id`` (empty when it has none)."""
+        return self.annotation_files.read(artifact_id)
+
+    def annotate(self, artifact_id: str, updates: Mapping[str, str | None]) -> dict[str, str]:
+        """Merge ``updates`` into the annotations of ``artifact_id`` and return the result.
+
+        A None or empty value removes its key. The artifact id does not change, because
+        annotations are kept beside the manifest. Raises InvalidAnnotationError,
+        ArtifactNotFoundError or StoreIOError; on failure the annotations are unchanged.
+        """
+        validate_annotations(updates)
+        with self.writing():
+            manifest = self.manifest(artifact_id)
+            staged, merged = self.annotation_files.stage(artifact_id, updates)
+            self._commit_and_index(staged, artifact_id, manifest, None)
+        logger.info("Annotated artifact %s with %s", artifact_id, ", ".join(sorted(updates)))
+        return merged
 
     def remove(self, ref_text: str) -> Removal:
         """Remove what a reference names, without deleting any bytes.
@@ -276,13 +325,13 @@ class Store:
             artifact_id = self.remove_ref(ref.name, ref.tag)
             return Removal(artifact_id, (str(ref),), removed_from_index=False)
 
-        artifact_id = self._resolve_prefix(ref)
+        artifact_id = resolve_prefix(self.home, self.blobs, self.index, ref)
         was_indexed = self.index.has_artifact(artifact_id)
         removed = []
         for entry in self.refs(artifact_id):
             if self.ref_files.delete(entry.name, entry.tag):
                 removed.append(str(entry))
-            self.index.remove_ref(entry.name, entry.tag)
+            self._sync_ref_row(entry.name, entry.tag)
         self.index.remove_artifacts([artifact_id])
         logger.info("Removed artifact %s and %d references to it", artifact_id, len(removed))
         return Removal(artifact_id, tuple(removed), removed_from_index=was_indexed)
@@ -298,11 +347,14 @@ class Store:
         target_module: str | None = None,
         tag: str | None = None,
         name: str | None = None,
+        created_after: datetime | None = None,
+        search: str | None = None,
     ) -> list[dict[str, Any]]:
         """Return the indexed artifacts that match every given filter.
 
-        The rows are ordered by created time, then id. See ``Index.list_artifacts`` for the
-        filters and the keys of each row, which include ``refs`` and ``parents``.
+        The rows are ordered by created time, then id, or best match first with ``search``.
+        See ``Index.list_artifacts`` for the filters and the keys of each row, which include
+        ``refs``, ``parents`` and ``annotations``.
         """
         return self.index.list_artifacts(
             kind=kind,
@@ -313,151 +365,134 @@ class Store:
             target_module=target_module,
             tag=tag,
             name=name,
+            created_after=created_after,
+            search=search,
         )
 
     def gc(self, dry_run: bool = False, grace: float = DEFAULT_GRACE_S) -> GcReport:
         """Delete unreachable blobs older than ``grace`` seconds; see ``store.maintenance``.
 
-        References, lineage parents of reachable artifacts and fresh blobs keep blobs alive,
-        so a process adding an artifact concurrently is safe. Unreachable artifacts leave
-        the index, and staging files untouched for an hour leave tmp/.
+        gc holds the store lock exclusively, so it waits for writers in progress and they
+        wait for it. References, lineage parents of reachable artifacts and fresh blobs keep
+        blobs alive. Unreachable artifacts leave the index with their annotations, and
+        staging files left by crashed writers leave tmp/. Raises LockTimeoutError when
+        writers hold the lock for longer than ``store.locking.LOCK_TIMEOUT_S``.
         """
-        return collect_garbage(self.blobs, self.ref_files, self.index, dry_run=dry_run, grace=grace)
+        with self.lock.exclusive():
+            return collect_garbage(
+                self.blobs, self.ref_files, self.annotation_files, self.index,
+                dry_run=dry_run, grace=grace, check_owners=LOCKS_AVAILABLE,
+            )
 
     def verify(self) -> VerifyReport:
         """Re-hash every blob and report corrupt ones and missing ones that something needs."""
-        return verify_blobs(self.blobs, self.ref_files)
+        return verify_blobs(self.blobs, self.ref_files, self.annotation_files)
 
     def reindex(self) -> ReindexReport:
-        """Rebuild index.db from the manifest blobs and ref files."""
-        return rebuild_index(self.blobs, self.ref_files, self.index)
+        """Rebuild index.db from the manifest blobs, ref files and annotation files.
 
-    def _open_layout(self, create: bool) -> None:
-        version_file = self.home / "VERSION"
+        Holds the store lock exclusively, so no artifact added meanwhile is left out.
+        """
+        with self.lock.exclusive():
+            return rebuild_index(self.blobs, self.ref_files, self.annotation_files, self.index)
+
+    def _publish(
+        self,
+        publication: Publication,
+        manifest: Manifest,
+        ref: NamedRef | None,
+        annotations: Mapping[str, str | None] | None,
+    ) -> str:
+        """Stage the manifest, ref and annotations; publish everything; index it last."""
+        artifact_id = publication.stage_bytes(manifest.to_bytes()).digest
+        if ref is not None:
+            publication.stage(self.ref_files.stage(ref.name, ref.tag, artifact_id))
+        if annotations:
+            publication.stage(self.annotation_files.stage(artifact_id, annotations)[0])
+
         try:
-            text = version_file.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            if not create:
-                raise StoreNotFoundError(
-                    f"No store at '{self.home}': '{version_file}' is missing. Open it with "
-                    "create=True to create a store there, or set ADAPTERHUB_HOME to an existing "
-                    "store."
-                ) from None
-            self._create_layout(version_file)
+            publication.publish_blobs()
+            self._touch_artifact(artifact_id, manifest)
+            publication.commit_files()
+            added = self._index_artifact(artifact_id, manifest, ref)
+        except BaseException:
+            publication.restore_files()
+            raise
+        state = "Added" if added else "Found already stored"
+        logger.info("%s %s artifact %s", state, manifest.kind, artifact_id)
+        return artifact_id
+
+    def _commit_and_index(
+        self, staged: StagedFile, artifact_id: str, manifest: Manifest, ref: NamedRef | None
+    ) -> None:
+        """Commit one staged ref or annotation file, then update the index from the files."""
+        try:
+            staged.commit()
+            self._index_artifact(artifact_id, manifest, ref)
+        except BaseException:
+            staged.restore()
+            raise
+        finally:
+            staged.discard()
+
+    def _index_artifact(self, artifact_id: str, manifest: Manifest, ref: NamedRef | None) -> bool:
+        """Index the artifact if needed and copy its annotations and ``ref`` from their files.
+
+        Reading the files inside the transaction keeps the index in step with them when
+        several processes write the same reference at once: the last commit wins in both.
+        """
+        with self.index.transaction("index artifact " + artifact_id):
+            annotations = self.annotation_files.read(artifact_id)
+            created = self.blobs.created(artifact_id)
+            added = self.index.add_artifact(artifact_id, manifest, created, annotations)
+            if not added:
+                self.index.set_annotations(artifact_id, annotations)
+            if ref is not None:
+                self.index.sync_ref(ref.name, ref.tag, self.ref_files.read(ref.name, ref.tag))
+        return added
+
+    def _sync_ref_row(self, name: str, tag: str) -> None:
+        self.index.sync_ref(name, tag, self.ref_files.read(name, tag))
+
+    def _discard_new_blobs(self) -> None:
+        """Delete the blobs that a failed write block stored for the first time.
+
+        This waits for the exclusive lock, so that no other writer is about to reference one
+        of them; see ``unneeded_blobs``. If that fails, the blobs stay for gc to delete.
+        """
+        candidates = set(self._new_blobs)
+        if not candidates:
             return
-        except OSError as exc:
-            raise store_io_error("read", version_file, exc) from exc
-
-        _check_format_version(text, version_file)
-        self._create_folders()
-
-    def _create_layout(self, version_file: Path) -> None:
-        self._create_folders()
-        write_atomic(version_file, f"{FORMAT_VERSION}\n".encode("ascii"), self.blobs.tmp_dir)
-        logger.info("Created store at %s", self.home)
-
-    def _create_folders(self) -> None:
-        self.blobs.create_folders()
         try:
-            self.ref_files.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise store_io_error("create the folder", self.ref_files.root, exc) from exc
+            with self.lock.exclusive(timeout=ROLLBACK_LOCK_TIMEOUT_S):
+                unneeded = unneeded_blobs(self.blobs, self.ref_files, self.index, candidates)
+                for digest in sorted(unneeded):
+                    self.blobs.delete(digest)
+        except StoreError as exc:
+            logger.warning("Could not delete the blobs of a failed write; gc will: %s", exc)
+            return
+        logger.info("Deleted %d blobs stored by a failed write", len(unneeded))
 
-    def _check_files_stored(self, manifest: Manifest) -> None:
-        missing = []
-        wrong_size = []
-        for entry in manifest.files:
-            try:
-                size = self.blobs.stat(entry.sha256).st_size
-            except BlobNotFoundError:
-                missing.append(f"'{entry.path}' ({entry.sha256})")
-                continue
-            if size != entry.size:
-                wrong_size.append(
-                    f"'{entry.path}' is listed with {entry.size} bytes, but its blob has {size}"
-                )
-        if missing:
-            raise BlobNotFoundError(
-                f"Cannot add the {manifest.kind} artifact: no blob for the files "
-                f"{', '.join(missing)}. Store each file with put_file before adding the manifest."
-            )
-        if wrong_size:
-            raise ManifestError(
-                f"Invalid manifest: {'; '.join(wrong_size)}. Use the size that put_file returned."
+    def _check_ref_and_annotations(
+        self, ref: NamedRef | None, annotations: Mapping[str, str | None] | None
+    ) -> None:
+        if ref is not None:
+            validate_name(ref.name)
+            validate_tag(ref.tag)
+        if annotations:
+            validate_annotations(annotations)
+
+    def _check_parents(self, kind: str, parents: Sequence[str]) -> None:
+        missing_parents = [parent for parent in parents if not self.has_artifact(parent)]
+        if missing_parents:
+            raise ArtifactNotFoundError(
+                f"Cannot add the {kind} artifact: its parents "
+                f"{', '.join(missing_parents)} are not in the store. "
+                "Add the parent artifacts first."
             )
 
     def _touch_artifact(self, artifact_id: str, manifest: Manifest) -> None:
-        """Refresh the ctime of an artifact's blobs so that a concurrent gc keeps them."""
+        """Refresh the ctime of an artifact's blobs so that gc counts them as fresh."""
         self.blobs.touch(artifact_id)
         for entry in manifest.files:
             self.blobs.touch(entry.sha256)
-
-    def _resolve_prefix(self, ref: IdRef) -> str:
-        candidates = self.index.ids_with_prefix(ref.prefix)
-        if not candidates:
-            candidates = self._manifest_blobs_with_prefix(ref.prefix)
-        if not candidates:
-            raise ReferenceNotFoundError(
-                f"No artifact id starts with '{ref.prefix}' in the store '{self.home}'. "
-                "List the artifacts to find the right id.",
-                reference=str(ref),
-            )
-        if len(candidates) > 1:
-            raise self._ambiguous_prefix(ref, candidates)
-        return candidates[0]
-
-    def _manifest_blobs_with_prefix(self, prefix: str) -> list[str]:
-        folder = self.blobs.root / prefix[:2]
-        try:
-            names = sorted(name for name in os.listdir(folder) if name.startswith(prefix[2:]))
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise store_io_error("list the folder", folder, exc) from exc
-        return [prefix[:2] + name for name in names if self.has_artifact(prefix[:2] + name)]
-
-    def _ambiguous_prefix(self, ref: IdRef, candidates: list[str]) -> AmbiguousReferenceError:
-        refs = self.index.refs_by_artifact()
-        lines = [
-            f"  {candidate} ({', '.join(refs.get(candidate, [])) or 'no references'})"
-            for candidate in candidates
-        ]
-        return AmbiguousReferenceError(
-            f"Reference '{ref}' is ambiguous: {len(candidates)} artifacts have ids starting with "
-            f"'{ref.prefix}':\n" + "\n".join(lines) + "\nUse more hex digits of the id.",
-            reference=str(ref),
-            candidates=tuple(candidates),
-        )
-
-    def _named_ref_not_found(self, ref: NamedRef) -> ReferenceNotFoundError:
-        # Suggest the other tags of the same name first, then the tags of similar names.
-        entries = self.ref_files.entries()
-        names = sorted({entry.name for entry in entries})
-        similar_names = [ref.name, *difflib.get_close_matches(ref.name, names, n=3)]
-        suggestions = [
-            str(entry) for name in similar_names for entry in entries if entry.name == name
-        ]
-        matches = tuple(dict.fromkeys(suggestions))
-        if matches:
-            advice = f"Close matches: {', '.join(matches)}."
-        else:
-            advice = "List the references to see the valid names."
-        return ReferenceNotFoundError(
-            f"Reference '{ref}' not found in the store '{self.home}'. {advice}",
-            reference=str(ref),
-            close_matches=matches,
-        )
-
-
-def _check_format_version(text: str, version_file: Path) -> None:
-    found = text.strip()
-    if found.isdigit() and int(found) in SUPPORTED_FORMAT_VERSIONS:
-        return
-    supported = ", ".join(str(version) for version in SUPPORTED_FORMAT_VERSIONS)
-    raise StoreVersionError(
-        f"Unsupported store format version {found!r} in '{version_file}'. This code supports "
-        f"store format versions: {supported}. Upgrade adapterhub to open this store, or set "
-        "ADAPTERHUB_HOME to another store.",
-        found=found,
-        supported=SUPPORTED_FORMAT_VERSIONS,
-    )

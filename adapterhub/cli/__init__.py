@@ -70,7 +70,10 @@ def open_library(ctx: click.Context, create: bool = True):
     """Return the Library for the store chosen by ``--home``; opened on first use."""
     from adapterhub.library import Library
 
-    return Library.open(ctx.obj["home"], create=create)
+    library = Library.open(ctx.obj["home"], create=create)
+    # Closing the index when the command ends checkpoints SQLite's WAL right away.
+    ctx.call_on_close(library.close)
+    return library
 
 
 # The command modules register themselves on ``main`` when imported.

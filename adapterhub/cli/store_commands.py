@@ -9,26 +9,61 @@ import click
 
 from adapterhub.cli import main, open_library
 
+def _parse_meta(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict:
+    """Turn KEY=VALUE strings into a dict; an empty VALUE becomes None (remove the key)."""
+    meta: dict[str, str | None] = {}
+    for text in values:
+        key, separator, value = text.partition("=")
+        if not separator or not key:
+            raise click.BadParameter(f"{text!r} is not KEY=VALUE; write e.g. description='Task adapter'")
+        meta[key] = value or None
+    return meta
+
+
+_meta_option = click.option(
+    "--meta", "-m", "meta", multiple=True, metavar="KEY=VALUE", callback=_parse_meta,
+    help="Annotate the adapter (repeatable), e.g. description='Task adapter'; KEY= removes a key. "
+    "Annotations are searchable and never change the adapter's id.")
+
+
 @main.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--name", "-n", metavar="NAME[:TAG]", help="Reference to point at the adapter (tag: latest).")
+@_meta_option
+@click.option("--allow-nonfinite", is_flag=True,
+              help="Store the adapter even if its tensors hold NaN or infinite values.")
 @click.pass_context
-def add(ctx: click.Context, path: Path, name: str | None) -> None:
-    """Import the adapter at PATH (a PEFT folder or a .lora file) into the store."""
-    result = open_library(ctx).add(path, name=name)
+def add(ctx: click.Context, path: Path, name: str | None, meta: dict, allow_nonfinite: bool) -> None:
+    """Import the adapter at PATH into the store.
+
+    PATH is a PEFT folder, a .lora file, or a Stable Diffusion LoRA: a kohya, LyCORIS or
+    diffusers .safetensors file (or a folder holding pytorch_lora_weights.safetensors).
+    """
+    result = open_library(ctx).add(path, name=name, meta=meta or None, allow_nonfinite=allow_nonfinite)
     state = "added" if result.created else "already stored"
     suffix = f" as {result.reference}" if result.reference else ""
     click.echo(f"{state} {result.artifact_id[:12]}{suffix}")
 
 
 @main.command(name="ls")
+@click.option("--search", "-s", metavar="TEXT",
+              help="Only adapters whose names, tags, description, annotations or base model "
+              "contain words starting with each word of TEXT; best matches first.")
 @click.option("--base-model", help="Only adapters of this base model.")
 @click.option("--type", "peft_type", help="Only adapters of this PEFT type (LORA, ADALORA, ...).")
+@click.option("--kind", type=click.Choice(["adapter", "stack"]), help="Only artifacts of this kind.")
+@click.option("--min-rank", type=int, help="Only adapters of at least this rank.")
+@click.option("--max-rank", type=int, help="Only adapters of at most this rank.")
+@click.option("--target-module", metavar="MODULE", help="Only adapters that adapt this module (q_proj, ...).")
+@click.option("--name", metavar="NAME", help="Only adapters with a reference of this name.")
+@click.option("--tag", metavar="TAG", help="Only adapters with a reference of this tag.")
+@click.option("--created-after", metavar="DATE",
+              help="Only adapters added after this ISO-8601 date or time (UTC unless it has an offset).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
-def list_command(ctx: click.Context, base_model: str | None, peft_type: str | None, as_json: bool) -> None:
-    """List stored adapters."""
-    rows = open_library(ctx).list(base_model=base_model, peft_type=peft_type)
+def list_command(ctx: click.Context, as_json: bool, **filters) -> None:
+    """List stored adapters, filtered and searched."""
+    rows = open_library(ctx).list(**{key: value for key, value in filters.items() if value is not None})
     if as_json:
         click.echo(json.dumps(rows, indent=2, sort_keys=True))
         return
@@ -42,22 +77,35 @@ def list_command(ctx: click.Context, base_model: str | None, peft_type: str | No
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.pass_context
 def show(ctx: click.Context, reference: str, as_json: bool) -> None:
-    """Show an adapter's configuration, files, references and composition recipe."""
+    """Show an adapter's configuration, files, references and composition recipe, or a
+    stack's components and weights."""
     details = open_library(ctx).show(reference)
     if as_json:
         click.echo(json.dumps(details, indent=2, sort_keys=True))
         return
+    if details["kind"] == "stack":
+        from adapterhub.compose.stack import stack_details
+
+        click.echo(stack_details(details))
+        return
     from adapterhub.render import adapter_details
 
     click.echo(adapter_details(details))
+    if details["annotations"]:
+        click.echo("annotations:")
+        for key, value in sorted(details["annotations"].items()):
+            click.echo(f"  {key}: {value}")
 
 
 @main.command()
 @click.argument("reference")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
-              help="Folder for a PEFT adapter, file for a .lora adapter.")
-@click.option("--format", "fmt", type=click.Choice(["peft", "lora"]), default="peft", show_default=True,
-              help="Layout to write.")
+              help="Folder for a PEFT adapter or a stack, file (or existing folder) for the "
+                   "single-file formats.")
+@click.option("--format", "fmt", type=click.Choice(["peft", "lora", "kohya", "diffusers", "lycoris"]),
+              default="peft", show_default=True,
+              help="Layout to write: PEFT folder, .lora file, or a kohya/A1111, diffusers or "
+                   "LyCORIS .safetensors file for Stable Diffusion.")
 @click.option("--force", is_flag=True, help="Overwrite files that exist at the destination.")
 @click.pass_context
 def export(ctx: click.Context, reference: str, output: Path, fmt: str, force: bool) -> None:
@@ -105,3 +153,34 @@ def verify(ctx: click.Context) -> None:
     if not report.ok:
         click.echo("re-add or pull the affected adapters, then run gc", err=True)
         ctx.exit(1)
+
+
+@main.command()
+@click.argument("reference")
+@click.argument("name", metavar="NAME[:TAG]")
+@click.pass_context
+def tag(ctx: click.Context, reference: str, name: str) -> None:
+    """Point the reference NAME[:TAG] (tag: latest) at the adapter REFERENCE names."""
+    artifact_id, target = open_library(ctx, create=False).tag(reference, name)
+    click.echo(f"tagged {artifact_id[:12]} as {target}")
+
+
+@main.command()
+@click.argument("reference")
+@click.argument("meta", nargs=-1, required=True, metavar="KEY=VALUE...", callback=_parse_meta)
+@click.pass_context
+def annotate(ctx: click.Context, reference: str, meta: dict) -> None:
+    """Set annotations of a stored adapter (KEY= removes one); its id stays the same."""
+    annotations = open_library(ctx, create=False).annotate(reference, meta)
+    for key, value in sorted(annotations.items()):
+        click.echo(f"{key}: {value}")
+
+
+@main.command()
+@click.pass_context
+def reindex(ctx: click.Context) -> None:
+    """Rebuild index.db from the blobs, ref files and annotation files."""
+    report = open_library(ctx, create=False).reindex()
+    for problem in report.problems:
+        click.echo(problem, err=True)
+    click.echo(f"indexed {report.artifacts} artifacts and {report.refs} references")

@@ -14,10 +14,14 @@ from typing import Any, Callable, Sequence
 import torch
 
 from adapterhub.adapter import PEFT_KEY_PREFIX, LoraAdapter, LoraModule
+from adapterhub.compose.blocks import block_rules
 from adapterhub.compose.config import composed_config
+from adapterhub.compose.execution import build_jobs, compute_threads, results_to_host, run_jobs
 from adapterhub.compose.heads import merge_heads
-from adapterhub.compose.methods import METHODS, ModuleResult, Truncation
+from adapterhub.compose.inputs import ComposeInput
+from adapterhub.compose.methods import METHODS, ModuleResult, Settings, Truncation
 from adapterhub.compose.options import ComposeOptions
+from adapterhub.compose.weights import module_weights
 from adapterhub.errors import (
     BaseModelMismatchError,
     ShapeMismatchError,
@@ -28,14 +32,18 @@ logger = logging.getLogger(__name__)
 
 LINEAGE_KEY = "adapterhub.lineage"
 
+__all__ = ["ComposeInput", "ComposeResult", "compose"]
 
-@dataclass(frozen=True)
-class ComposeInput:
-    """One adapter to compose, with the label the user gave it and its artifact id."""
-
-    adapter: LoraAdapter
-    label: str
-    artifact_id: str
+# The reason each of these PEFT types has no composition rule.
+_NOT_LOW_RANK = {
+    "IA3": "it rescales activations element-wise (W·diag(l)), a multiplicative change, not an "
+    "added low-rank update",
+    "PROMPT_TUNING": "it trains virtual input tokens and changes no weight",
+    "P_TUNING": "it trains virtual input tokens through a prompt encoder and changes no weight",
+    "PREFIX_TUNING": "it trains key and value prefixes for every layer and changes no weight",
+    "MULTITASK_PROMPT_TUNING": "it trains virtual input tokens and changes no weight",
+    "ADAPTION_PROMPT": "it trains gated prompts inside attention and changes no weight",
+}
 
 
 @dataclass(frozen=True)
@@ -49,38 +57,51 @@ class ComposeResult:
 def compose(
     inputs: Sequence[ComposeInput],
     options: ComposeOptions,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ComposeResult:
     """Compose ``inputs`` with ``options`` into a new PEFT LoRA adapter.
 
-    Raises :class:`UnsupportedCompositionError` for DoRA and ``lora_bias`` adapters,
+    Raises :class:`UnsupportedCompositionError` for adapters whose update is not a sum of
+    low-rank products (DoRA, lora_bias, IA3, prompt and prefix tuning, ...),
     :class:`BaseModelMismatchError` for different base models (unless allowed),
-    :class:`ShapeMismatchError` when one module has different shapes, and
-    :class:`HeadConflictError` for differing ``modules_to_save`` heads. ``progress`` is called
-    with the number of modules finished after each one.
+    :class:`ShapeMismatchError` when one module has different shapes (or, for ``linear``,
+    ranks), :class:`HeadConflictError` for differing ``modules_to_save`` heads and
+    :class:`InvalidOptionError` for weights or module weights that do not fit the inputs.
+    ``progress`` is called with the number of modules finished and the total, after each
+    module or batch.
     """
     weights = options.weights_for(len(inputs))
     check_composable(inputs)
     check_base_models(inputs, options.allow_base_mismatch)
+    check_base_families(inputs, options.allow_base_mismatch)
     plan = plan_modules(inputs)
+    rules = block_rules(inputs, weights, options.block_weights) + options.module_weights
+    plan_weights = module_weights(inputs, plan, weights, rules)
 
     device = resolve_device(options.device)
     method = METHODS[options.method]
-    truncation = Truncation(rank=options.rank, energy=options.energy)
+    settings = Settings(Truncation(options.rank, options.energy), options.density,
+                        options.majority_sign, options.seed)
     out_dtype = _output_dtype(inputs, options.dtype)
+    # A float64 output requests float64 arithmetic, which comparisons with dense references
+    # need. Every other output dtype is computed in float32.
+    compute_dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
+
+    with compute_threads(device, method):
+        jobs = build_jobs(plan, plan_weights, device, compute_dtype)
+        if method.check is not None:
+            method.check(jobs)
+        results = results_to_host(run_jobs(method, jobs, settings, progress))
 
     tensors: dict[str, torch.Tensor] = {}
     reports: dict[str, dict[str, Any]] = {}
-    for done, (name, members) in enumerate(plan.items(), start=1):
-        terms = [_term(module, weights[index], device) for index, module in members]
-        result = method.combine(terms, truncation)
+    for (name, members), result in zip(plan.items(), results):
         tensors.update(_module_tensors(name, members[0][1], result, out_dtype))
-        reports[name] = {
-            "rank": result.rank,
-            "retained_energy": round(result.retained_energy, 8),
-        }
-        if progress is not None:
-            progress(done)
+        reports[name] = _report(result)
+        # LoHa and LoKr inputs arrive as LoRA factors of their update, cut at rounding level.
+        conversion = max(module.conversion_error for _, module in members)
+        if conversion:
+            reports[name]["conversion_error"] = float(f"{conversion:.6g}")
 
     heads = merge_heads(inputs, options.keep_head)
     tensors.update(heads)
@@ -93,26 +114,36 @@ def compose(
 
 
 def check_composable(inputs: Sequence[ComposeInput]) -> None:
-    """Reject adapters whose update is not a sum of low-rank products, naming each one."""
-    problems = []
-    for item in inputs:
-        adapter = item.adapter
-        if adapter.peft_type not in ("LORA", "ADALORA"):
-            problems.append(f"{item.label} is a {adapter.peft_type or 'non-PEFT'} adapter, not LoRA")
-        elif adapter.use_dora:
-            problems.append(
-                f"{item.label} uses DoRA: its magnitude vector rescales the whole weight, so the "
-                "update is not B·A and cannot be summed"
-            )
-        elif adapter.lora_bias:
-            problems.append(
-                f"{item.label} trains lora_bias: its bias update is not low-rank and has no "
-                "composition rule"
-            )
+    """Reject adapters whose update is not a sum of low-rank products, naming each and why."""
+    problems = [problem for item in inputs if (problem := _composition_problem(item))]
     if problems:
         raise UnsupportedCompositionError(
-            "cannot compose: " + "; ".join(problems) + ". Only plain LoRA and AdaLoRA compose."
+            "cannot compose: " + "; ".join(problems)
+            + ". Only plain LoRA, AdaLoRA, LoHa and LoKr compose."
         )
+
+
+def _composition_problem(item: ComposeInput) -> str | None:
+    adapter = item.adapter
+    peft_type = adapter.peft_type
+    if peft_type in _NOT_LOW_RANK:
+        return f"{item.label} is an adapter of type {peft_type}: {_NOT_LOW_RANK[peft_type]}"
+    if peft_type not in ("LORA", "ADALORA", "LOHA", "LOKR"):
+        return (
+            f"{item.label} is an adapter of type {peft_type or 'unknown'}, whose update is not "
+            "a product B·A of two LoRA factors"
+        )
+    if adapter.use_dora:
+        return (
+            f"{item.label} uses DoRA: its magnitude vector rescales the whole weight, so the "
+            "update is not B·A and cannot be summed"
+        )
+    if adapter.lora_bias:
+        return (
+            f"{item.label} trains lora_bias: its bias update is not low-rank and has no "
+            "composition rule"
+        )
+    return None
 
 
 def check_base_models(inputs: Sequence[ComposeInput], allow_mismatch: bool) -> None:
@@ -135,6 +166,28 @@ def check_base_models(inputs: Sequence[ComposeInput], allow_mismatch: bool) -> N
                 "adapters of one base model, or pass --allow-base-mismatch if the models share "
                 "their architecture and you accept the risk"
             )
+
+
+def check_base_families(inputs: Sequence[ComposeInput], allow_mismatch: bool) -> None:
+    """Reject Stable Diffusion adapters of different base families (SD 1.x, SDXL, ...).
+
+    The family comes from module shapes (see :mod:`adapterhub.formats.sd_family`); adapters
+    whose family is unknown are not checked. ``allow_mismatch`` turns the error into a warning.
+    """
+    from adapterhub.formats.sd_family import base_family, describe_family
+
+    families = [(item.label, base_family(item.adapter.modules)) for item in inputs]
+    known = [(label, family) for label, family in families if family is not None]
+    if len({family for _, family in known}) <= 1:
+        return
+    listing = ", ".join(f"{label} ({describe_family(family)})" for label, family in known)
+    if allow_mismatch:
+        logger.warning("composing across base model families: %s", listing)
+        return
+    raise BaseModelMismatchError(
+        f"the adapters were made for different base model families: {listing}; compose "
+        "adapters of one family"
+    )
 
 
 def same_base_model(first: str, second: str) -> bool:
@@ -197,15 +250,6 @@ def _weight_shape(module: LoraModule) -> tuple[int, ...]:
     return (module.lora_B.shape[0], *module.lora_A.shape[1:])
 
 
-def _term(module: LoraModule, weight: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
-    a, b = module.factors()
-    return (
-        a.to(device=device, dtype=torch.float32),
-        b.to(device=device, dtype=torch.float32),
-        weight * module.scale,
-    )
-
-
 def _module_tensors(
     name: str, template: LoraModule, result: ModuleResult, dtype: torch.dtype
 ) -> dict[str, torch.Tensor]:
@@ -231,6 +275,14 @@ def _output_dtype(inputs: Sequence[ComposeInput], requested: str | None) -> torc
     return max(dtypes, key=lambda dtype: torch.finfo(dtype).bits)
 
 
+def _report(result: ModuleResult) -> dict[str, Any]:
+    return {
+        "rank": result.rank,
+        "retained_energy": round(result.retained_energy, 8),
+        "relative_error": float(f"{result.relative_error:.6g}"),
+    }
+
+
 def _lineage(
     inputs: Sequence[ComposeInput],
     weights: Sequence[float],
@@ -238,6 +290,7 @@ def _lineage(
     reports: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     energies = [report["retained_energy"] for report in reports.values()]
+    errors = [report["relative_error"] for report in reports.values()]
     return {
         "method": options.method,
         "parameters": options.parameters(),
@@ -247,4 +300,5 @@ def _lineage(
         ],
         "modules": reports,
         "min_retained_energy": min(energies) if energies else 1.0,
+        "max_relative_error": max(errors) if errors else 0.0,
     }

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from adapterhub.adapter import module_name
-from adapterhub.errors import HeadConflictError, InvalidOptionError
+from adapterhub.compose.inputs import input_index
+from adapterhub.errors import HeadConflictError
 
 if TYPE_CHECKING:
-    from adapterhub.compose.engine import ComposeInput
+    from adapterhub.compose.inputs import ComposeInput
 
 
 def merge_heads(inputs: Sequence[ComposeInput], keep_head: str | None) -> dict[str, torch.Tensor]:
@@ -59,15 +60,7 @@ def _same(first: torch.Tensor, second: torch.Tensor) -> bool:
 def _keeper_index(inputs: Sequence[ComposeInput], keep_head: str | None) -> int | None:
     if keep_head is None:
         return None
-    labels = [item.label for item in inputs]
-    if keep_head in labels:
-        return labels.index(keep_head)
-    if keep_head.isdigit() and 1 <= int(keep_head) <= len(inputs):
-        return int(keep_head) - 1
-    raise InvalidOptionError(
-        f"--keep-head {keep_head!r} names no input; use one of: {', '.join(labels)} "
-        f"or a position from 1 to {len(inputs)}"
-    )
+    return input_index(inputs, keep_head, "--keep-head")
 
 
 def _conflict_message(conflicts: dict[str, dict[str, list[int]]], inputs: Sequence[ComposeInput]) -> str:

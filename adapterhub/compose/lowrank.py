@@ -1,4 +1,4 @@
-"""Low-rank arithmetic on LoRA factors: exact sums, truncated SVD, similarity.
+"""Low-rank arithmetic on LoRA factors: exact sums and truncated SVDs.
 
 For one module a LoRA factor pair is A [r, in] and B [out, r], and the update is
 ΔW = scale · B @ A. Conv kernels arrive already flattened to 2-D. Functions that accept a
@@ -8,7 +8,9 @@ references.
 
 The truncated SVD never forms ΔW. It orthonormalizes both factors, takes the SVD of the
 small core between them and maps the top singular vectors back, at a cost of
-O((out + in) · R²) for rank R instead of O(out · in · min(out, in)).
+O((out + in) · R²) for rank R instead of O(out · in · min(out, in)). Dense updates (from
+the element-wise merges) are truncated by a full SVD or by randomized subspace iteration.
+Similarity measures live in :mod:`adapterhub.compose.similarity`.
 
 Shape errors raise ``ValueError`` with both shapes. Callers add the module name.
 """
@@ -296,6 +298,26 @@ def truncated_svd_batched(B: Tensor, A: Tensor, rank: int) -> LowRankBatch:
     )
 
 
+def truncate_core(core: CoreSVD, rank: int) -> LowRankBatch:
+    """Truncate every item of a batched :class:`CoreSVD` to one common ``rank``.
+
+    Equals :func:`truncated_svd_batched` on the factors the core came from, without computing
+    the core again. Raises ValueError for an invalid rank.
+    """
+    _check_truncation(rank, None)
+    kept_rank = min(int(rank), core.S.shape[-1])
+
+    factor_b, factor_a, retained, error = _truncate_core(core, kept_rank)
+    return LowRankBatch(
+        B=factor_b,
+        A=factor_a,
+        rank=kept_rank,
+        singular_values=core.S,
+        retained_energy=tuple(retained.tolist()),
+        relative_error=tuple(error.tolist()),
+    )
+
+
 def dense_truncated_svd(
     delta: Tensor, rank: int | None = None, energy: float | None = None
 ) -> LowRankResult:
@@ -322,6 +344,72 @@ def dense_truncated_svd(
     )
     retained, error = _truncation_loss(s, kept_rank)
     return LowRankResult(factor_b, factor_a, kept_rank, s, float(retained), float(error))
+
+
+def randomized_truncated_svd(
+    delta: Tensor, rank: int, power_iterations: int = 3, seed: int = 0
+) -> LowRankResult:
+    """Approximate the rank-``rank`` truncated SVD of a dense ``delta`` [out, in].
+
+    Subspace iteration with a Gaussian start (Halko, Martinsson and Tropp 2011, algorithm
+    4.4): a sketch of ``rank + max(rank, 16)`` columns, ``power_iterations`` rounds of
+    re-orthonormalized multiplication by ΔW and ΔWᵀ, then an exact SVD of the projection. It
+    costs O(out · in · rank) per round instead of the O(out · in · min(out, in)) of a full
+    SVD. When the sketch would cover a quarter of min(out, in) or more, the exact
+    :func:`dense_truncated_svd` runs instead. The start is drawn from a generator seeded with
+    ``seed`` on the device of ``delta``, so the result is deterministic.
+
+    ``relative_error`` is measured: ‖ΔW − BA‖_F / ‖ΔW‖_F of the returned factors, so it
+    is never below the optimum of Eckart–Young and is exact for what is returned.
+    ``singular_values`` holds the sketch's estimates only (rank + oversampling values), and
+    ``retained_energy`` is ‖BA‖_F² / ‖ΔW‖_F². Raises ValueError for an invalid rank or a
+    ``delta`` that is not 2-D.
+    """
+    _check_truncation(rank, None)
+    if delta.ndim != 2:
+        raise ValueError(
+            f"delta has shape {tuple(delta.shape)}, but expected a 2-D [out, in] matrix"
+        )
+    smallest = min(delta.shape)
+    sketch = rank + max(rank, 16)
+    if 4 * sketch >= smallest:
+        return dense_truncated_svd(delta, rank=rank)
+
+    generator = torch.Generator(device=delta.device).manual_seed(seed)
+    start = torch.randn(delta.shape[1], sketch, generator=generator, dtype=delta.dtype,
+                        device=delta.device)
+    basis = torch.linalg.qr(delta @ start).Q
+    for _ in range(power_iterations):
+        # Re-orthonormalizing both sides keeps the small singular directions from being
+        # lost to rounding as the powers grow.
+        row_basis = torch.linalg.qr(delta.mT @ basis).Q
+        basis = torch.linalg.qr(delta @ row_basis).Q
+
+    u, s, vh = torch.linalg.svd(basis.mT @ delta, full_matrices=False)
+    kept_rank = min(int(rank), s.shape[-1])
+    factor_b, factor_a = _split_singular_values(
+        basis @ u[:, :kept_rank], s[:kept_rank], vh[:kept_rank, :]
+    )
+    retained, error = _measured_loss(delta, factor_b, factor_a, s[:kept_rank])
+    return LowRankResult(factor_b, factor_a, kept_rank, s, retained, error)
+
+
+def _measured_loss(
+    delta: Tensor, factor_b: Tensor, factor_a: Tensor, kept_values: Tensor
+) -> tuple[float, float]:
+    """Return ‖BA‖² / ‖ΔW‖² and ‖ΔW − BA‖ / ‖ΔW‖, or (1.0, 0.0) for an all-zero ΔW.
+
+    BA projects ΔW onto orthonormal directions, so ‖BA‖² is the sum of the kept squared
+    singular values. The error is measured on the residual, which avoids the cancellation
+    of sqrt(1 − retained) when almost everything is kept.
+    """
+    total = float(torch.linalg.matrix_norm(delta))
+    if total == 0.0:
+        return 1.0, 0.0
+    residual = torch.addmm(delta, factor_b, factor_a, alpha=-1.0)
+    error = float(torch.linalg.matrix_norm(residual)) / total
+    kept = float(kept_values.square().sum()) / (total * total)
+    return min(kept, 1.0), error
 
 
 def _core_svd(B: Tensor, A: Tensor) -> CoreSVD:
@@ -371,74 +459,6 @@ def _truncation_loss(singular_values: Tensor, rank: int) -> tuple[Tensor, Tensor
     error = (tail_energy / safe_total).clamp(0.0, 1.0).sqrt()
     error = torch.where(nonzero, error, torch.zeros_like(total))
     return retained, error
-
-
-def cosine_similarity(B1: Tensor, A1: Tensor, B2: Tensor, A2: Tensor) -> float:
-    """Compute the Frobenius cosine of B1 @ A1 and B2 @ A2 from the factors alone.
-
-    ⟨B1A1, B2A2⟩_F = trace((B1ᵀB2)(A2A1ᵀ)) needs only [r1, r2] Gram matrices. Pass the
-    factors with their scales applied. Returns a float in [-1, 1], and 0.0 when either update
-    is all zero. Raises ValueError when the shapes do not fit.
-    """
-    _check_factor_shapes(B1, A1, batched=False)
-    _check_factor_shapes(B2, A2, batched=False)
-    if B1.shape[0] != B2.shape[0] or A1.shape[1] != A2.shape[1]:
-        raise ValueError(
-            f"cannot compare updates of different shapes: B1 {tuple(B1.shape)} @ "
-            f"A1 {tuple(A1.shape)} against B2 {tuple(B2.shape)} @ A2 {tuple(A2.shape)}"
-        )
-
-    inner = _frobenius_inner(B1, A1, B2, A2)
-    # Both norms are mathematically ≥ 0, but rounding can push a tiny one below zero.
-    norm_first = max(_frobenius_inner(B1, A1, B1, A1), 0.0) ** 0.5
-    norm_second = max(_frobenius_inner(B2, A2, B2, A2), 0.0) ** 0.5
-    if norm_first == 0.0 or norm_second == 0.0:
-        return 0.0
-    return min(1.0, max(-1.0, inner / (norm_first * norm_second)))
-
-
-def _frobenius_inner(B1: Tensor, A1: Tensor, B2: Tensor, A2: Tensor) -> float:
-    # trace(X Y) = Σ X ∘ Yᵀ, with X = B1ᵀB2 and Yᵀ = A1A2ᵀ.
-    return float(((B1.mT @ B2) * (A1 @ A2.mT)).sum())
-
-
-def subspace_overlap(B1: Tensor, B2: Tensor) -> float:
-    """Measure how much the column spaces of B1 [out, r1] and B2 [out, r2] coincide.
-
-    Returns ‖Q1ᵀQ2‖_F² / min(k1, k2), where Q1 and Q2 are orthonormal bases of the column
-    spaces and k1 and k2 their numerical ranks: 1.0 when one space contains the other, 0.0
-    when they are orthogonal. Directions with singular value below max(out, r) · eps · S_max
-    count as zero, so duplicate columns do not inflate the rank. Returns 0.0 when either
-    matrix is all zero. Raises ValueError when the shapes do not fit.
-    """
-    if B1.ndim != 2 or B2.ndim != 2 or B1.shape[0] != B2.shape[0]:
-        raise ValueError(
-            f"B1 has shape {tuple(B1.shape)} and B2 has shape {tuple(B2.shape)}, "
-            "but both must be 2-D [out, r] with the same out"
-        )
-
-    basis_first = _column_space_basis(B1)
-    basis_second = _column_space_basis(B2)
-    smaller_rank = min(basis_first.shape[-1], basis_second.shape[-1])
-    if smaller_rank == 0:
-        return 0.0
-
-    overlap = float((basis_first.mT @ basis_second).square().sum()) / smaller_rank
-    return min(1.0, max(0.0, overlap))
-
-
-def _column_space_basis(matrix: Tensor) -> Tensor:
-    # The SVD of the small R factor reveals the numerical rank more reliably than its diagonal.
-    q, r = orthonormalize(matrix)
-    u, s, _ = torch.linalg.svd(r, full_matrices=False)
-
-    if s.numel() == 0 or float(s[0]) == 0.0:
-        return q[:, :0]
-
-    # The same cut-off as numpy.linalg.matrix_rank: max(m, n) · eps · S_max.
-    tolerance = max(matrix.shape) * torch.finfo(matrix.dtype).eps * float(s[0])
-    numerical_rank = int((s > tolerance).sum())
-    return q @ u[:, :numerical_rank]
 
 
 def _check_truncation(rank: int | None, energy: float | None) -> None:

@@ -1,7 +1,10 @@
 """Adapter file formats, one module each, with the same verbs.
 
 Each format module has ``NAME`` and the functions ``detect(path)``, ``source_files(path)``,
-``load(path)`` and ``to_files(adapter)``. :data:`FORMATS` is the registry, in detection order.
+``load(path)``, ``load_files(files, source)`` and ``to_files(adapter)``. :data:`FORMATS` is
+the registry, in detection order: a folder with ``adapter_config.json`` is PEFT before
+anything else, and kohya keys with LoHa or LoKr parameters are LyCORIS before kohya.
+Stable Diffusion formats are described in docs/formats.md.
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ from types import ModuleType
 
 from adapterhub.adapter import LoraAdapter
 from adapterhub.errors import AdapterFormatError
-from adapterhub.formats import peft, single_file
+from adapterhub.formats import diffusers, kohya, lycoris, peft, single_file
+from adapterhub.formats.sd_files import safetensors_keys, unrecognised_keys_error
 
-FORMATS: dict[str, ModuleType] = {module.NAME: module for module in (peft, single_file)}
+FORMATS: dict[str, ModuleType] = {
+    module.NAME: module for module in (peft, single_file, lycoris, kohya, diffusers)
+}
 
 
 def detect(path: Path) -> ModuleType:
@@ -26,10 +32,14 @@ def detect(path: Path) -> ModuleType:
     for module in FORMATS.values():
         if module.detect(path):
             return module
+    keys = safetensors_keys(path)
+    if keys:
+        raise unrecognised_keys_error(str(path), keys, _expected_families(keys))
     if path.is_dir():
-        hint = f"expected {peft.CONFIG_NAME} in the folder"
+        hint = f"expected {peft.CONFIG_NAME} or {diffusers.WEIGHTS_NAME} in the folder"
     else:
-        hint = f"expected a PEFT folder or a {single_file.SUFFIX} file"
+        hint = (f"expected a PEFT folder, a {single_file.SUFFIX} file or the .safetensors file "
+                "of a kohya, LyCORIS or diffusers LoRA")
     raise AdapterFormatError(
         f"{path}: not a recognised adapter ({hint}); supported formats: {', '.join(FORMATS)}"
     )
@@ -48,3 +58,11 @@ def get(name: str) -> ModuleType:
         raise AdapterFormatError(
             f"unknown format {name!r}; choose one of: {', '.join(FORMATS)}"
         ) from None
+
+
+def _expected_families(keys: list[str]) -> str:
+    if any(key.startswith("base_model.model.") for key in keys):
+        return (f"a file with its config: a bare PEFT weights file needs its {peft.CONFIG_NAME}, "
+                "so import the PEFT folder instead")
+    return ("the keys of a PEFT, kohya, LyCORIS or diffusers LoRA (see docs/formats.md); "
+            f"supported formats: {', '.join(FORMATS)}")

@@ -161,9 +161,15 @@ def test_compose_paths_join_store_lineage(corpus, store_home):
 def test_compose_help_lists_methods():
     result = CliRunner().invoke(main, ["compose", "--help"])
 
+    lines = result.output.split("Methods", 1)[1].splitlines()
     assert result.exit_code == 0
-    assert "  cat  exact weighted sum; the result's rank is the sum of the input ranks" in result.output
-    assert "  svd  best rank-r approximation of the exact sum" in result.output
+    for name in ("cat", "svd", "linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"):
+        described = [line for line in lines if re.fullmatch(rf" +{name} +\S.*", line)]
+        assert len(described) == 1, name
+    assert re.search(r"\n +cat +exact weighted sum; the result's rank is the sum of the input ranks\n",
+                     result.output)
+    assert re.search(r"\n +svd +best rank-r approximation of the exact sum", result.output)
+    assert re.search(r"\n +linear +PEFT's factor averaging .*NOT the weighted sum", result.output)
 
 
 def test_unknown_method_lists_valid_ones(corpus, store_home):
@@ -172,7 +178,8 @@ def test_unknown_method_lists_valid_ones(corpus, store_home):
 
     assert result.exit_code == 2
     assert result.output == (
-        "Error: unknown method 'sdv' (did you mean 'svd'?); choose one of: cat, svd\n"
+        "Error: unknown method 'sdv' (did you mean 'svd'?); choose one of: cat, svd, linear, ties, "
+        "dare_linear, dare_ties, magnitude_prune\n"
     )
 
 

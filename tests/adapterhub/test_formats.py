@@ -306,8 +306,9 @@ def test_unrecognised_path_lists_formats(tmp_path):
         formats.detect(tmp_path / "notes.txt")
 
     assert str(error.value) == (
-        f"{tmp_path / 'notes.txt'}: not a recognised adapter (expected a PEFT folder or a .lora "
-        "file); supported formats: peft, lora"
+        f"{tmp_path / 'notes.txt'}: not a recognised adapter (expected a PEFT folder, a .lora "
+        "file or the .safetensors file of a kohya, LyCORIS or diffusers LoRA); supported "
+        "formats: peft, lora, lycoris, kohya, diffusers"
     )
 
 

@@ -21,7 +21,9 @@ def test_migrations_recorded_by_name(tmp_path: Path) -> None:
     Index(tmp_path / "index.db").close()
 
     connection = sqlite3.connect(tmp_path / "index.db")
-    rows = connection.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
+    rows = connection.execute(
+        "SELECT migration_set, name FROM _sqlite_migrations ORDER BY id"
+    ).fetchall()
     journal_mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
     connection.close()
 

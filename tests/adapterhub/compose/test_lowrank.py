@@ -9,16 +9,15 @@ import torch
 
 from adapterhub.compose.lowrank import (
     core_svd_batched,
-    cosine_similarity,
     dense_truncated_svd,
     orthonormalize,
     rank_for_energy,
     stack_factors,
-    subspace_overlap,
     truncate_core_item,
     truncated_svd,
     truncated_svd_batched,
 )
+from adapterhub.compose.similarity import cosine_similarity, subspace_overlap
 
 F64 = torch.float64
 F32 = torch.float32
