@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -173,4 +174,10 @@ class StagedFile:
             os.link(self.target, backup)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError:
+            # Some file systems (FAT, some network shares) have no hard links.
+            try:
+                shutil.copyfile(self.target, backup)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
         return backup

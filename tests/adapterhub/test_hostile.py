@@ -15,7 +15,12 @@ from click.testing import CliRunner
 
 from adapterhub.cli import main
 from store import Store
-from tests.adapterhub.builders import LORA_DEFAULTS, lora_tensors, synthetic_adapter, write_peft_folder
+from tests.adapterhub.builders import (
+    LORA_DEFAULTS,
+    lora_tensors,
+    synthetic_adapter,
+    write_peft_folder,
+)
 
 MODULES = {"model.q_proj": (4, 4, 2)}
 A_KEY = "base_model.model.model.q_proj.lora_A.weight"
@@ -147,8 +152,8 @@ def test_duplicate_tensor_names(home: Path, tmp_path: Path) -> None:
     folder = tmp_path / "hostile"
     folder.mkdir()
     (folder / "adapter_config.json").write_text(json.dumps(CONFIG))
-    text = '{"%s": %s, "%s": %s}' % (A_KEY, json.dumps(entry("F32", [2, 4], 0, 32)),
-                                      A_KEY, json.dumps(entry("F32", [2, 4], 0, 32)))
+    duplicate = json.dumps(entry("F32", [2, 4], 0, 32))
+    text = f'{{"{A_KEY}": {duplicate}, "{A_KEY}": {duplicate}}}'
     weights = folder / "adapter_model.safetensors"
     weights.write_bytes(struct.pack("<Q", len(text)) + text.encode() + bytes(32))
 
@@ -277,12 +282,13 @@ def test_bin_with_non_tensor_values_rejected(home: Path, tmp_path: Path) -> None
     (json.dumps({**CONFIG, "r": -4}), "r = -4 in adapter_config.json; expected an integer from 1 to 65536"),
     (json.dumps({**CONFIG, "r": 2.5}), "r = 2.5 in adapter_config.json; expected an integer from 1 to 65536"),
     (json.dumps({**CONFIG, "rank_pattern": {"q_proj": 0}, "lora_alpha": "big"}),
-     "invalid values in adapter_config.json: lora_alpha = 'big' is not a finite number; "
-     "rank_pattern['q_proj'] = 0 is not an integer from 1 to 65536; save the adapter again with PEFT"),
+     ("invalid values in adapter_config.json: lora_alpha = 'big' is not a finite number; "
+      "rank_pattern['q_proj'] = 0 is not an integer from 1 to 65536; save the adapter again "
+      "with PEFT")),
     (json.dumps({**CONFIG, "alpha_pattern": {"(": 2}, "modules_to_save": [{"a": 1}]}),
-     "invalid values in adapter_config.json: modules_to_save = [{'a': 1}] is not a list of names; "
-     "alpha_pattern key '(' is not a valid regular expression (missing ), unterminated subpattern "
-     "at position 0); save the adapter again with PEFT"),
+     ("invalid values in adapter_config.json: modules_to_save = [{'a': 1}] is not a list of "
+      "names; alpha_pattern key '(' is not a valid regular expression (missing ), unterminated "
+      "subpattern at position 0); save the adapter again with PEFT")),
 ])
 def test_invalid_config_rejected(home: Path, tmp_path: Path, config: str, message: str) -> None:
     folder = synthetic_adapter(tmp_path / "config", MODULES, r=2)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -149,3 +151,46 @@ def test_list_ordered_by_created_then_id(store: Store) -> None:
     keys = [(row["created"], row["id"]) for row in rows]
     assert keys == sorted(keys)
     assert {row["id"] for row in rows} == set(ids)
+
+
+def test_version_one_index_gains_search(tmp_path: Path) -> None:
+    # An index written before annotations and search existed has only create_tables applied.
+    from sqlite_utils import Database
+    from sqlite_utils.migrations import Migrations
+
+    from store.index import create_tables
+
+    path = tmp_path / "index.db"
+    old = Migrations("store.index")
+    old()(create_tables)
+    db = Database(path)
+    old.apply(db)
+    artifact_id = "ab" * 32
+    db["artifacts"].insert(
+        {"id": artifact_id, "kind": "adapter", "created": "2025-01-01T00:00:00.000000+00:00",
+         "bytes": 0, "base_model": "org/base", "metadata": "{}"}
+    )
+    db["refs"].insert({"name": "team/task", "tag": "latest", "artifact_id": artifact_id})
+    db.close()
+
+    index = Index(path)
+    found = index.list_artifacts(search="task")
+    index.close()
+
+    assert [row["id"] for row in found] == [artifact_id]
+    assert found[0]["annotations"] == {}
+    assert found[0]["refs"] == ["team/task:latest"]
+
+
+def test_migrated_index_opens_without_sqlite_utils(tmp_path: Path) -> None:
+    Index(tmp_path / "index.db").close()
+    script = (
+        "import sys\n"
+        "from store.index import Index\n"
+        f"Index({str(tmp_path / 'index.db')!r}).list_artifacts(search='x')\n"
+        "assert 'sqlite_utils' not in sys.modules, 'sqlite_utils was imported'\n"
+    )
+
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+
+    assert result.returncode == 0, result.stderr

@@ -106,8 +106,8 @@ def test_damaged_annotation_file_reported(store: Store) -> None:
     report = store.verify()
 
     assert report.problems == (
-        f"Annotation file '{path}' does not contain a JSON object of string keys and string "
-        "values. Delete the file, then annotate the artifact again.",
+        (f"Annotation file '{path}' does not contain a JSON object of string keys and string "
+         "values. Delete the file, then annotate the artifact again."),
     )
 
 
