@@ -39,7 +39,7 @@ _FACTOR_KEY = re.compile(
     r"^(?P<module>.+)\.(?P<factor>lora_A|lora_B|lora_E|lora_embedding_A|lora_embedding_B)"
     r"(?:\.weight)?$"
 )
-# Parameters of PEFT's LoHa and LoKr layers, which LyCORIS files hold too.
+# Parameters of PEFT's LoHa and LoKr layers, which LyCORIS files contain too.
 _LYCORIS_KEY = re.compile(r"^.+\.(?:hada_(?:w[12]_[ab]|t[12])|lokr_(?:w[12](?:_[ab])?|t2))$")
 
 
@@ -53,8 +53,8 @@ class LoraModule:
     ``lora_B`` keep their stored shapes; :meth:`factors` gives the 2-D view used for arithmetic.
 
     LoHa and LoKr modules (kinds ``"loha"`` and ``"lokr"``) are given as LoRA factors of
-    their update, computed on read; ``conversion_error`` is the relative Frobenius error of
-    those factors against the exact update, 0 for the other kinds.
+    their update, computed on read. ``conversion_error`` is the relative Frobenius error of
+    those factors against the exact update, and 0 for the other kinds.
     """
 
     name: str
@@ -204,7 +204,7 @@ def pattern_value(patterns: dict[str, Any] | None, name: str, default: Any) -> A
 
 @lru_cache(maxsize=8192)
 def _pattern_regex(key: str) -> re.Pattern:
-    # re's own cache holds 512 patterns; a config with more keys (one per module of a large
+    # re's own cache keeps 512 patterns. A config with more keys (one per module of a large
     # kohya file) would recompile every key for every module.
     return re.compile(rf"(.*\.)?({key})$")
 
@@ -232,7 +232,7 @@ def _pair_factors(adapter: LoraAdapter) -> dict[str, LoraModule]:
         return lycoris_modules(adapter)
     modules = _lora_modules(adapter)
     # A PEFT adapter trained on a bare diffusers UNet names its modules without the
-    # component; its canonical names carry it, so it composes with other SD formats.
+    # component. Its canonical names carry it, so that it composes with other SD formats.
     from adapterhub.formats.sd_naming import unprefixed_component
 
     auto_mapping = adapter.config.get("auto_mapping")

@@ -50,8 +50,7 @@ _TUCKER = "i j k l, j r, i p -> p r k l"
 def detect(path: Path) -> bool:
     """Return whether ``path`` is a safetensors file with kohya-style LoHa or LoKr keys."""
     keys = safetensors_keys(path)
-    return (keys is not None and kohya.has_kohya_keys(keys)
-            and any(".hada_" in key or ".lokr_" in key for key in keys))
+    return keys is not None and kohya.has_kohya_keys(keys) and any(map(_is_lycoris_parameter, keys))
 
 
 def source_files(path: Path) -> list[tuple[str, Path]]:
@@ -65,8 +64,14 @@ def load(path: Path) -> LoraAdapter:
 
 
 def load_files(files: dict[str, Path], source: str) -> LoraAdapter:
-    """Read a LyCORIS adapter from its one file, given by its name in the store."""
+    """Read a LyCORIS adapter from its one file, given by its name in the store.
+
+    A file with LoRA keys only (LyCORIS LoCon, or a LoRA adapter written in this format) is
+    read as a kohya file.
+    """
     tensors, metadata = read_safetensors(files[STORED_NAME])
+    if not any(_is_lycoris_parameter(key) for key in tensors):
+        return kohya.load_files({kohya.STORED_NAME: files[STORED_NAME]}, source)
     metadata.pop(kohya.SPELLING_KEY, None)
     groups = kohya.read_groups(tensors, LOHA_PARAMETERS + LOKR_PARAMETERS + ("alpha",),
                                EXPECTED_KEYS, source)
@@ -292,6 +297,10 @@ def _as_pointwise_conv(module: LoraModule) -> LoraModule:
 
     return replace(module, lora_A=module.lora_A[:, :, None, None],
                    lora_B=module.lora_B[:, :, None, None])
+
+
+def _is_lycoris_parameter(key: str) -> bool:
+    return ".hada_" in key or ".lokr_" in key
 
 
 def _kind(group: dict[str, torch.Tensor]) -> str:

@@ -38,8 +38,8 @@ def lora_group(out_features: int, in_features: int, rank: int, generator: torch.
 def kohya_from_corpus(corpus: Path, path: Path) -> Path:
     """Write a kohya file of the SD 1.5 corpus LoRA, with differing alphas and a conv module.
 
-    The attention modules come from the diffusers file of the corpus, so the tensors are real;
-    their alphas cycle through 1, 2, 3 and 4 (rank 4). A 3×3 conv1 of the first resnet, of
+    The attention modules come from the diffusers file of the corpus, so the tensors are real.
+    Their alphas cycle through 1, 2, 3 and 4 (rank 4). A 3×3 conv1 of the first resnet, of
     rank 8, is added, as kohya's LoCon training writes it.
     """
     source = load_file(str(corpus / SD15_PREFIXED / "pytorch_lora_weights.safetensors"))

@@ -1,8 +1,8 @@
 """Composed SD adapters load into a real diffusers UNet, built from a config, with exact weights.
 
-A kohya file and a diffusers file are composed with weights; the result, exported in each
+A kohya file and a diffusers file are composed with weights. The result, exported in each
 Stable Diffusion format, is loaded by diffusers itself into a tiny UNet2DConditionModel and
-fused, and every adapted weight must equal base + Σ wᵢ ΔWᵢ computed from the input files.
+fused. Every adapted weight must then equal base + Σ wᵢ ΔWᵢ computed from the input files.
 """
 
 from __future__ import annotations

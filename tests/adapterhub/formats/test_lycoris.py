@@ -13,7 +13,14 @@ from adapterhub.compose.engine import ComposeInput, compose
 from adapterhub.compose.options import ComposeOptions
 from adapterhub.errors import AdapterFormatError, ExportError
 from adapterhub.formats import kohya, lycoris
-from tests.adapterhub.formats.sd_builders import kohya_delta, lora_group, relative_error, write_kohya
+from adapterhub.library import Library
+from tests.adapterhub.formats.sd_builders import (
+    kohya_delta,
+    lora_group,
+    read_groups,
+    relative_error,
+    write_kohya,
+)
 
 CROSS_K = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_k"
 CONV1 = "lora_unet_down_blocks_0_resnets_0_conv1"
@@ -31,11 +38,11 @@ def _loha_file(path: Path) -> Path:
         CROSS_K: {"hada_w1_a": _random(generator, 320, 4), "hada_w1_b": _random(generator, 4, 768),
                   "hada_w2_a": _random(generator, 320, 4), "hada_w2_b": _random(generator, 4, 768),
                   "alpha": torch.tensor(2.0)},
-        CONV1: {"hada_w1_a": _random(generator, 320, 2), "hada_w1_b": _random(generator, 2, 320 * 9),
-                "hada_w2_a": _random(generator, 320, 2), "hada_w2_b": _random(generator, 2, 320 * 9)},
-        CONV2: {"hada_t1": _random(generator, 2, 2, 3, 3), "hada_w1_a": _random(generator, 2, 320),
-                "hada_w1_b": _random(generator, 2, 320), "hada_t2": _random(generator, 2, 2, 3, 3),
-                "hada_w2_a": _random(generator, 2, 320), "hada_w2_b": _random(generator, 2, 320),
+        CONV1: {"hada_w1_a": _random(generator, 32, 2), "hada_w1_b": _random(generator, 2, 32 * 9),
+                "hada_w2_a": _random(generator, 32, 2), "hada_w2_b": _random(generator, 2, 32 * 9)},
+        CONV2: {"hada_t1": _random(generator, 2, 2, 3, 3), "hada_w1_a": _random(generator, 2, 32),
+                "hada_w1_b": _random(generator, 2, 32), "hada_t2": _random(generator, 2, 2, 3, 3),
+                "hada_w2_a": _random(generator, 2, 32), "hada_w2_b": _random(generator, 2, 32),
                 "alpha": torch.tensor(1.0)},
     }
     return write_kohya(path, modules, {"ss_network_module": "lycoris.kohya", "ss_network_args": '{"algo": "loha"}'})
@@ -46,11 +53,11 @@ def _lokr_file(path: Path) -> Path:
     modules = {
         CROSS_K: {"lokr_w1": _random(generator, 4, 4), "lokr_w2_a": _random(generator, 80, 2),
                   "lokr_w2_b": _random(generator, 2, 192), "alpha": torch.tensor(1.0)},
-        CONV1: {"lokr_w1": _random(generator, 4, 4), "lokr_w2": _random(generator, 80, 80, 3, 3),
+        CONV1: {"lokr_w1": _random(generator, 4, 4), "lokr_w2": _random(generator, 8, 8, 3, 3),
                 "alpha": torch.tensor(7.0)},
         CONV2: {"lokr_w1_a": _random(generator, 4, 1), "lokr_w1_b": _random(generator, 1, 4),
-                "lokr_t2": _random(generator, 2, 2, 3, 3), "lokr_w2_a": _random(generator, 2, 80),
-                "lokr_w2_b": _random(generator, 2, 80), "alpha": torch.tensor(4.0)},
+                "lokr_t2": _random(generator, 2, 2, 3, 3), "lokr_w2_a": _random(generator, 2, 8),
+                "lokr_w2_b": _random(generator, 2, 8), "alpha": torch.tensor(4.0)},
     }
     return write_kohya(path, modules)
 
@@ -84,12 +91,6 @@ def _lokr_reference(group: dict[str, torch.Tensor]) -> torch.Tensor:
     return delta.reshape(w1.shape[0] * w2.shape[0], -1)
 
 
-def _groups(path: Path) -> dict[str, dict[str, torch.Tensor]]:
-    from tests.adapterhub.formats.sd_builders import read_groups
-
-    return read_groups(path)
-
-
 @pytest.mark.parametrize(("build", "reference", "peft_type"),
                          [(_loha_file, _loha_reference, "LOHA"), (_lokr_file, _lokr_reference, "LOKR")])
 def test_delta_matches_reference(tmp_path, build, reference, peft_type):
@@ -98,7 +99,7 @@ def test_delta_matches_reference(tmp_path, build, reference, peft_type):
 
     assert formats.detect(source) is lycoris
     assert adapter.peft_type == peft_type
-    for key, group in _groups(source).items():
+    for key, group in read_groups(source).items():
         name = "unet." + {CROSS_K: "mid_block.attentions.0.transformer_blocks.0.attn2.to_k",
                           CONV1: "down_blocks.0.resnets.0.conv1",
                           CONV2: "down_blocks.0.resnets.0.conv2"}[key]
@@ -108,7 +109,7 @@ def test_delta_matches_reference(tmp_path, build, reference, peft_type):
         assert error <= 1e-6, key
         assert module.conversion_error == pytest.approx(error, rel=1e-3, abs=1e-12), key
     conv = adapter.modules["unet.down_blocks.0.resnets.0.conv1"]
-    assert list(conv.lora_A.shape[1:]) == [320, 3, 3]
+    assert list(conv.lora_A.shape[1:]) == [32, 3, 3]
     assert adapter.describe()["base_family"] == "sd1"
 
 
@@ -134,7 +135,7 @@ def test_loha_composes_with_lora(tmp_path):
                      ComposeOptions(weights=(1.0, -0.5), dtype="float64"))
 
     name = "unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k"
-    expected = _loha_reference(_groups(tmp_path / "loha.safetensors")[CROSS_K]) - 0.5 * kohya_delta(lora_group_k)
+    expected = _loha_reference(read_groups(tmp_path / "loha.safetensors")[CROSS_K]) - 0.5 * kohya_delta(lora_group_k)
     assert relative_error(result.adapter.modules[name].delta(), expected) <= 1e-6
     assert result.adapter.peft_type == "LORA"
     assert 0 < result.lineage["modules"][name]["conversion_error"] <= 1e-6
@@ -164,7 +165,7 @@ def test_mixed_loha_lokr_refused(tmp_path):
     modules = {
         CROSS_K: {"hada_w1_a": _random(generator, 320, 2), "hada_w1_b": _random(generator, 2, 768),
                   "hada_w2_a": _random(generator, 320, 2), "hada_w2_b": _random(generator, 2, 768)},
-        CONV1: {"lokr_w1": _random(generator, 4, 4), "lokr_w2": _random(generator, 80, 80, 3, 3)},
+        CONV1: {"lokr_w1": _random(generator, 4, 4), "lokr_w2": _random(generator, 8, 8, 3, 3)},
     }
     source = write_kohya(tmp_path / "mixed.safetensors", modules)
 
@@ -176,3 +177,14 @@ def test_mixed_loha_lokr_refused(tmp_path):
         "(unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k and "
         "unet.down_blocks.0.resnets.0.conv1); adapterhub reads one kind per file, so split it"
     )
+
+
+def test_lora_in_lycoris_format_reads_back(corpus, store_home):
+    library = Library.open(store_home)
+    outcome = library.compose([str(corpus / "sd15-diffusers-unet-prefixed")], ComposeOptions(),
+                              name="merged", fmt="lycoris")
+
+    stored = library.load("merged")
+    assert library.show(outcome.artifact_id)["metadata"]["format"] == "lycoris"
+    assert stored.peft_type == "LORA"
+    assert len(stored.modules) == 128
