@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from store.atomic import StagedFile
+from store.atomic import StagedFile, list_files
 from store.blobs import validate_digest
 from store.errors import InvalidAnnotationError, store_io_error
 from store.manifest import canonical_json
@@ -152,16 +151,7 @@ class AnnotationFiles:
         return found, problems
 
     def _iter_files(self) -> list[Path]:
-        files: list[Path] = []
-
-        def raise_walk_error(exc: OSError) -> None:
-            if isinstance(exc, FileNotFoundError):
-                return
-            raise store_io_error("list the folder", exc.filename or self.root, exc) from exc
-
-        for folder, _, names in os.walk(self.root, onerror=raise_walk_error):
-            files.extend(Path(folder) / name for name in names)
-        return sorted(files)
+        return list_files(self.root)
 
 
 def _parse(data: bytes, path: Path) -> dict[str, str]:

@@ -181,3 +181,20 @@ class StagedFile:
             except (FileNotFoundError, NotADirectoryError):
                 return None
         return backup
+
+
+def list_files(root: Path) -> list[Path]:
+    """Return every file under ``root``, sorted; a missing ``root`` or subfolder is empty.
+
+    Raises StoreIOError when a folder cannot be read.
+    """
+    files: list[Path] = []
+
+    def raise_walk_error(exc: OSError) -> None:
+        if isinstance(exc, FileNotFoundError):
+            return
+        raise store_io_error("list the folder", exc.filename or root, exc) from exc
+
+    for folder, _, names in os.walk(root, onerror=raise_walk_error):
+        files.extend(Path(folder) / name for name in names)
+    return sorted(files)

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from store.atomic import StagedFile, write_atomic
+from store.atomic import StagedFile, list_files, write_atomic
 from store.errors import (
     CorruptReferenceError,
     InvalidReferenceError,
@@ -309,16 +309,7 @@ class RefFiles:
         return entries
 
     def _iter_files(self) -> list[Path]:
-        files: list[Path] = []
-
-        def raise_walk_error(exc: OSError) -> None:
-            if isinstance(exc, FileNotFoundError):
-                return
-            raise store_io_error("list the folder", exc.filename or self.root, exc) from exc
-
-        for folder, _, names in os.walk(self.root, onerror=raise_walk_error):
-            files.extend(Path(folder) / name for name in names)
-        return sorted(files)
+        return list_files(self.root)
 
     def _check_conflicts(self, name: str, tag: str, path: Path) -> None:
         if path.is_dir():

@@ -9,7 +9,6 @@ traceback instead.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
