@@ -10,13 +10,13 @@ the peak during it (the kernel's VmHWM mark, reset just before the step), and it
 1. Per decoder layer, PEFT 0.21's ``add_weighted_adapter`` (cat, svd, ties_svd) against
    adapterhub's cat, svd and ties on a LlamaForCausalLM of two decoder layers whose base
    weights are left uninitialized (``no_init_weights``), so only the adapters cost time.
-   PEFT's svd runs a dense SVD per module and takes minutes per layer, so it is measured on
-   layer 0 only; PEFT's ties_svd is measured on one q_proj (4096 × 4096) and one down_proj
-   (4096 × 11008) and estimated per layer as 4 · t(q) + 3 · t(down), since the four attention
-   projections share q's shape and gate, up and down have the same sizes. adapterhub's
-   figures come from all modules of both layers (cat and svd also from all 32 layers).
-   Errors are relative Frobenius errors against the exact weighted sum (svd) or the exact
-   dense TIES merge (ties), both computed in float64.
+   PEFT's svd and ties_svd run a dense SVD per module and take minutes per layer. So each is
+   measured on one q_proj (4096 × 4096) and one down_proj (4096 × 11008) of layer 0, and
+   estimated per layer as 4 · t(q) + 3 · t(down), because the four attention projections
+   share q's shape and gate and up are down's transpose. adapterhub's figures come from all modules
+   of both layers (cat and svd also from all 32 layers). Errors are relative Frobenius
+   errors on layer 0's q_proj and down_proj against the exact weighted sum (svd) or the
+   exact dense TIES merge (ties), both computed in float64.
 2. End to end, ``adapterhub compose`` (a subprocess, interpreter start included) on a full
    32-layer pair written to disk, against the I/O floor: a subprocess that imports torch and
    safetensors, loads both files and writes a file of the result's size with fsync.
@@ -117,13 +117,17 @@ def load_inputs(folders):
 
 
 def reference(inputs, name: str, method: str) -> torch.Tensor:
-    """The exact float64 result before truncation: the weighted sum, or the dense TIES merge."""
+    """Return the exact float64 result before truncation: the weighted sum or the TIES merge."""
     from adapterhub.compose import elementwise
 
     if method == "ties":
         deltas = [item.adapter.modules[name].delta(torch.float64) for item in inputs]
         return elementwise.ties(deltas, WEIGHTS, DENSITY, "total")
     return exact_sum(inputs, name)
+
+
+# The modules whose errors are compared, those PEFT's svd and ties_svd are measured on.
+COMPARED = ("model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj")
 
 
 def child_ours(method: str, folders: list[Path], threads: int | None) -> dict:
@@ -144,7 +148,7 @@ def child_ours(method: str, folders: list[Path], threads: int | None) -> dict:
     peak = peak_rss_mib()
 
     errors, to_truncation = {}, {}
-    for name in sorted(result.adapter.modules)[:7] if method != "cat" else []:
+    for name in COMPARED if method != "cat" and not threads else ():
         exact = reference(inputs, name, method)
         errors[name] = relative_error(result.adapter.modules[name].delta(), exact)
         if method == "svd":
@@ -196,11 +200,14 @@ def child_peft(method: str, folders: list[Path]) -> dict:
 
 
 def child_io_floor(folders: list[Path], output: Path, copies: int) -> dict:
-    """Load both adapters and write ``copies`` of the first one's tensors as one file, with fsync."""
+    """Load both adapters and write the tensors of the first ``copies`` as one file, with fsync.
+
+    One copy has the size of an ``svd`` result at the inputs' rank, two that of ``cat``.
+    """
     from safetensors.torch import load_file, save_file
 
     loaded = [load_file(str(folder / "adapter_model.safetensors")) for folder in folders]
-    tensors = {f"{index}.{key}": value for index in range(copies) for key, value in loaded[0].items()}
+    tensors = {f"{index}.{key}": value for index in range(copies) for key, value in loaded[index].items()}
     save_file(tensors, str(output))
     with open(output, "rb+") as stream:
         os.fsync(stream.fileno())
@@ -249,36 +256,45 @@ def machine() -> dict:
             "load_average_at_start": os.getloadavg()}
 
 
-def measure(workdir: Path) -> dict:
+def measure(workdir: Path, output: Path) -> dict:
     every = tuple(SHAPES)
     two_layers = write_pair(workdir / "two", range(2), every)
-    one_layer = write_pair(workdir / "one", range(1), every)
     q_only = write_pair(workdir / "q", range(1), ("self_attn.q_proj",))
     down_only = write_pair(workdir / "down", range(1), ("mlp.down_proj",))
     full = write_pair(workdir / "full", range(LAYERS), every)
     folders = lambda pair: [str(folder) for folder in pair]  # noqa: E731
+    floor_file = workdir / "floor.safetensors"
 
     results: dict = {"machine": machine(), "per_layer": {}, "end_to_end": {}}
-    per_layer = results["per_layer"]
-    per_layer["peft_cat"] = run_child(["--child", "peft", "cat", *folders(two_layers)])
-    per_layer["ours_cat"] = run_child(["--child", "ours", "cat", *folders(two_layers)])
-    per_layer["ours_cat_32"] = run_child(["--child", "ours", "cat", *folders(full)])
-    per_layer["ours_svd"] = run_child(["--child", "ours", "svd", *folders(two_layers)])
-    per_layer["ours_svd_32"] = run_child(["--child", "ours", "svd", *folders(full)])
-    per_layer["ours_ties"] = run_child(["--child", "ours", "ties", *folders(two_layers)])
-    per_layer["ours_ties_1thread"] = run_child(["--child", "ours", "ties", "--threads", "1", *folders(two_layers)])
-    per_layer["peft_svd"] = run_child(["--child", "peft", "svd", *folders(one_layer)])
-    per_layer["peft_ties_svd_q"] = run_child(["--child", "peft", "ties_svd", *folders(q_only)])
-    per_layer["peft_ties_svd_down"] = run_child(["--child", "peft", "ties_svd", *folders(down_only)])
-
-    end = results["end_to_end"]
-    output = workdir / "floor.safetensors"
-    end["floor_svd"] = run_child(["--child", "floor", "1", str(output), *folders(full)])
-    end["floor_cat"] = run_child(["--child", "floor", "2", str(output), *folders(full)])
-    for method, extra in (("svd", ["--method", "svd", "--rank", str(RANK)]), ("cat", [])):
-        end[f"compose_{method}"] = run_compose([*folders(full), "--weights", "1.0,0.6", *extra, "-q",
-                                                "--device", "cpu", "-o", str(workdir / f"out-{method}")])
+    steps = [
+        ("per_layer", "peft_cat", lambda: run_child(["--child", "peft", "cat", *folders(two_layers)])),
+        ("per_layer", "ours_cat", lambda: run_child(["--child", "ours", "cat", *folders(two_layers)])),
+        ("per_layer", "ours_cat_32", lambda: run_child(["--child", "ours", "cat", *folders(full)])),
+        ("per_layer", "ours_svd", lambda: run_child(["--child", "ours", "svd", *folders(two_layers)])),
+        ("per_layer", "ours_svd_32", lambda: run_child(["--child", "ours", "svd", *folders(full)])),
+        ("per_layer", "ours_ties", lambda: run_child(["--child", "ours", "ties", *folders(two_layers)])),
+        ("per_layer", "ours_ties_1thread",
+         lambda: run_child(["--child", "ours", "ties", "--threads", "1", *folders(two_layers)])),
+        ("per_layer", "peft_svd_q", lambda: run_child(["--child", "peft", "svd", *folders(q_only)])),
+        ("per_layer", "peft_svd_down", lambda: run_child(["--child", "peft", "svd", *folders(down_only)])),
+        ("per_layer", "peft_ties_svd_q", lambda: run_child(["--child", "peft", "ties_svd", *folders(q_only)])),
+        ("per_layer", "peft_ties_svd_down",
+         lambda: run_child(["--child", "peft", "ties_svd", *folders(down_only)])),
+        ("end_to_end", "floor_svd", lambda: run_child(["--child", "floor", "1", str(floor_file), *folders(full)])),
+        ("end_to_end", "compose_svd", lambda: run_compose(
+            [*folders(full), "--weights", "1.0,0.6", "--method", "svd", "--rank", str(RANK), "-q",
+             "--device", "cpu", "-o", str(workdir / "out-svd")])),
+        ("end_to_end", "floor_cat", lambda: run_child(["--child", "floor", "2", str(floor_file), *folders(full)])),
+        ("end_to_end", "compose_cat", lambda: run_compose(
+            [*folders(full), "--weights", "1.0,0.6", "-q", "--device", "cpu", "-o", str(workdir / "out-cat")])),
+    ]
     results["adapter_file_mib"] = (full[0] / "adapter_model.safetensors").stat().st_size / 2**20
+    for section, name, step in steps:
+        started = time.perf_counter()
+        results[section][name] = step()
+        print(f"{name}: done in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+        # Saved after every step, so a failure late in the run keeps the figures measured.
+        output.write_text(json.dumps(results, indent=2, default=str) + "\n")
     results["load_average_at_end"] = os.getloadavg()
     return results
 
@@ -286,17 +302,24 @@ def measure(workdir: Path) -> dict:
 def summarize(results: dict) -> list[tuple[str, ...]]:
     """Return the table rows: per-layer seconds, ratios, errors and peak memory."""
     layer = results["per_layer"]
-    peft_ties = 4 * layer["peft_ties_svd_q"]["seconds"] + 3 * layer["peft_ties_svd_down"]["seconds"]
+    def estimated(prefix):
+        return 4 * layer[f"{prefix}_q"]["seconds"] + 3 * layer[f"{prefix}_down"]["seconds"]
+
+    def joined(prefix, key):
+        return {**layer[f"{prefix}_q"][key], **layer[f"{prefix}_down"][key]}
+
+    def peak(prefix):
+        return max(layer[f"{prefix}_q"]["peak_rss_mib"], layer[f"{prefix}_down"]["peak_rss_mib"])
+
     rows = [("measurement", "PEFT s/layer", "adapterhub s/layer", "speed-up", "PEFT error",
              "adapterhub error", "PEFT peak MiB", "adapterhub peak MiB")]
 
-    peft_ties_errors = {**layer["peft_ties_svd_q"]["errors"], **layer["peft_ties_svd_down"]["errors"]}
-    peft_ties_peak = max(layer["peft_ties_svd_q"]["peak_rss_mib"], layer["peft_ties_svd_down"]["peak_rss_mib"])
     for label, peft_seconds, ours, peft_errors, peft_peak in (
         ("cat", layer["peft_cat"]["seconds"] / 2, layer["ours_cat"], {}, layer["peft_cat"]["peak_rss_mib"]),
-        ("svd (PEFT on layer 0)", layer["peft_svd"]["seconds"], layer["ours_svd"], layer["peft_svd"]["errors"],
-         layer["peft_svd"]["peak_rss_mib"]),
-        ("ties (PEFT ties_svd estimated)", peft_ties, layer["ours_ties"], peft_ties_errors, peft_ties_peak),
+        ("svd (PEFT estimated)", estimated("peft_svd"), layer["ours_svd"], joined("peft_svd", "errors"),
+         peak("peft_svd")),
+        ("ties (PEFT ties_svd estimated)", estimated("peft_ties_svd"), layer["ours_ties"],
+         joined("peft_ties_svd", "errors"), peak("peft_ties_svd")),
     ):
         # Errors are compared on the modules both sides computed, the largest one shown.
         common = sorted(set(peft_errors) & set(ours["errors"]))
@@ -343,11 +366,11 @@ def main() -> None:
         print(json.dumps(report))
         return
 
+    arguments.output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="adapterhub-bench-") as folder:
-        results = measure(Path(folder))
+        results = measure(Path(folder), arguments.output)
     results["table"] = summarize(results)
     print_table(results["table"])
-    arguments.output.parent.mkdir(parents=True, exist_ok=True)
     arguments.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"figures written to {arguments.output}")
 

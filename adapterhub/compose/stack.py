@@ -147,27 +147,16 @@ def create_stack(library, references: Sequence[str], weights: Sequence[float] | 
     AdaLoRA, one base model, equal shapes, no conflicting heads), which is checked before
     anything is written. Raises the errors of :func:`adapterhub.compose.engine.compose`.
     """
-    from adapterhub.compose.engine import check_base_models, check_composable, plan_modules
-    from adapterhub.compose.heads import merge_heads
     from adapterhub.compose.options import ComposeOptions
 
     options = ComposeOptions(weights=tuple(weights) if weights is not None else None)
     if materialize:
-        outcome = library.compose(references, options, name=name)
-        parents = outcome.lineage["parents"]
-        components = component_names([parent["label"] for parent in parents])
-        return StackOutcome(outcome.artifact_id, outcome.reference, "adapter", tuple(
-            StackComponent(parent["id"], component, parent["weight"])
-            for parent, component in zip(parents, components)
-        ))
+        return _materialize(library, references, options, name)
 
     entries, options = expand_stacks(library, references, options)
     resolved = [library._compose_input(reference, label) for reference, label in entries]
     inputs = [item for item, _ in resolved]
-    check_composable(inputs)
-    check_base_models(inputs, allow_mismatch=False)
-    plan_modules(inputs)
-    merge_heads(inputs, keep_head=None)
+    _check_components(inputs)
 
     for _, path in resolved:
         if path is not None:
@@ -187,6 +176,35 @@ def create_stack(library, references: Sequence[str], weights: Sequence[float] | 
         library.store.set_ref(target.name, target.tag, artifact_id)
         reference = str(target)
     return StackOutcome(artifact_id, reference, STACK_KIND, components)
+
+
+def _materialize(library, references: Sequence[str], options, name: str | None) -> StackOutcome:
+    """Store the exact ``cat`` adapter of the components instead of a stack."""
+    outcome = library.compose(references, options, name=name)
+    parents = outcome.lineage["parents"]
+    names = component_names([parent["label"] for parent in parents])
+    components = tuple(
+        StackComponent(parent["id"], component, parent["weight"])
+        for parent, component in zip(parents, names)
+    )
+    return StackOutcome(outcome.artifact_id, outcome.reference, "adapter", components)
+
+
+def _check_components(inputs) -> None:
+    """Run the checks of a composition, so a stack that could not be merged is never stored."""
+    from adapterhub.compose.engine import (
+        check_base_families,
+        check_base_models,
+        check_composable,
+        plan_modules,
+    )
+    from adapterhub.compose.heads import merge_heads
+
+    check_composable(inputs)
+    check_base_models(inputs, allow_mismatch=False)
+    check_base_families(inputs, allow_mismatch=False)
+    plan_modules(inputs)
+    merge_heads(inputs, keep_head=None)
 
 
 def expand_stacks(library, references: Sequence[str], options):

@@ -1,8 +1,8 @@
 """The composition methods against PEFT itself, on tiny models built here from configs.
 
 PEFT 0.21's add_weighted_adapter is the reference for linear and for the *_svd combination
-types; composed adapters (rank_pattern, kept heads) must load in PEFT without key warnings; an
-exported stack loads in PEFT through the snippet in docs/composition.md; and adapters that are
+types. Composed adapters (rank_pattern, kept heads) must load in PEFT without key warnings, an
+exported stack loads in PEFT through the snippet in docs/composition.md, and adapters that are
 not LoRA are stored but not composed.
 """
 

@@ -84,8 +84,10 @@ def test_inspect_cli_table_and_json(corpus, store_home, tmp_path):
     assert len(lines) == 1 + 12 + 2
     assert lines[-2].startswith("only in task: 24 modules: transformer.h.0.attn.c_proj, ")
     assert lines[-1] == "only in style: 0 modules"
-    assert listing["first"] == "style" and listing["second"] == "task"
-    assert len(listing["modules"]) == 12 and len(listing["only_second"]) == 24
+    assert listing["first"] == "style"
+    assert listing["second"] == "task"
+    assert len(listing["modules"]) == 12
+    assert len(listing["only_second"]) == 24
     assert sorted(listing["modules"][0]) == ["cosine", "module", "overlap"]
 
 

@@ -154,6 +154,27 @@ def test_top_magnitude_mask_large_matrix():
         assert float(kept.min()) >= float(values.abs()[~mask].max())
 
 
+def test_top_magnitude_mask_ties_across_blocks():
+    generator = torch.Generator().manual_seed(6)
+    # Integer values repeat thousands of times, so the cut falls inside a run of equal magnitudes.
+    values = torch.randint(-40, 41, (900, 700), generator=generator).double()
+    count = 333333
+
+    mask = elementwise.top_magnitude_mask(values, count)
+    threshold = float(values.abs()[mask].min())
+    tied = (values.abs() == threshold).reshape(-1)
+    kept_tied = torch.nonzero(tied & mask.reshape(-1)).reshape(-1)
+    dropped_tied = torch.nonzero(tied & ~mask.reshape(-1)).reshape(-1)
+
+    assert int(mask.sum()) == count
+    assert threshold > float(values.abs()[~mask].max()) - 1e-12
+    assert len(kept_tied) > 0
+    assert len(dropped_tied) > 0
+    assert int(kept_tied.max()) < int(dropped_tied.min())
+    assert torch.equal(elementwise.magnitude_prune(values, count / values.numel()),
+                       torch.where(mask, values, 0.0))
+
+
 def test_top_magnitude_mask_breaks_ties_in_order():
     values = torch.tensor([[3.0, -2.0, 2.0], [2.0, 1.0, -3.0]])
 
@@ -307,3 +328,30 @@ def test_linear_rejects_unequal_ranks(tmp_path):
         "inputs, but these differ: 'q_proj' (4, 2); 'v_proj' (4, 2); use cat or svd, which sum "
         "the updates of any ranks"
     )
+
+
+def test_linear_matches_reference_gpt2(gpt2_pair):
+    weights = (1.0, -0.5)
+    result = compose(gpt2_pair, ComposeOptions(method="linear", weights=weights, dtype="float64"))
+
+    for name in ("transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_proj"):
+        present, _ = _module_deltas(gpt2_pair, name)
+        modules = [gpt2_pair[index].adapter.modules[name] for index in present]
+        coefficients = [weights[index] * module.scale for index, module in zip(present, modules)]
+        a = sum(np.sign(c) * np.sqrt(abs(c)) * m.factors()[0].double().numpy() for c, m in zip(coefficients, modules))
+        b = sum(np.sqrt(abs(c)) * m.factors()[1].double().numpy() for c, m in zip(coefficients, modules))
+        assert _relative_error(result.adapter.modules[name].delta(), b @ a) <= 1e-12, name
+
+
+@pytest.mark.parametrize("method, extra", [("cat", {}), ("svd", {"rank": 64})])
+def test_sum_methods_match_reference_synthetic(tmp_path, method, extra):
+    inputs = _synthetic_pair(tmp_path)
+    weights = (0.9, -0.4)
+
+    result = compose(inputs, ComposeOptions(method=method, weights=weights, **extra))
+
+    assert sorted(result.adapter.modules) == ["o_proj", "q_proj", "v_proj"]
+    for name, module in result.adapter.modules.items():
+        present, deltas = _module_deltas(inputs, name)
+        expected = sum(weights[index] * delta for index, delta in zip(present, deltas))
+        assert _relative_error(module.delta(), expected) <= 1e-6, name
