@@ -83,8 +83,16 @@ def _recipe(lineage: dict[str, Any]) -> list[str]:
     modules = lineage.get("modules") or {}
     lines.append(f"retained energy per module (lowest {lineage.get('min_retained_energy', 1.0):.6f}):")
     width = max((len(name) for name in modules), default=0)
-    lines += [
-        f"  {name.ljust(width)}  rank {report['rank']:>4}  {report['retained_energy']:.6f}"
-        for name, report in modules.items()
-    ]
+    lines += [f"  {name.ljust(width)}  rank {report['rank']:>4}  {report['retained_energy']:.6f}"
+              + _errors(report) for name, report in modules.items()]
     return lines
+
+
+def _errors(report: dict[str, Any]) -> str:
+    """Format the truncation and conversion errors a module report carries, if any."""
+    parts = []
+    if "relative_error" in report:
+        parts.append(f"relative error {report['relative_error']:.3g}")
+    if "conversion_error" in report:
+        parts.append(f"conversion error {report['conversion_error']:.3g}")
+    return "  " + ", ".join(parts) if parts else ""

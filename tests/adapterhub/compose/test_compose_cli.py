@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import torch
 
@@ -79,3 +80,19 @@ def test_stored_recipe_lists_dare_seed(corpus, store_home):
     details = json.loads(run(store_home, "show", "dare", "--json").output)
 
     assert details["metadata"]["lineage"]["parameters"]["seed"] == 0
+
+
+def test_show_prints_module_errors(corpus, store_home):
+    result = run(store_home, "compose", corpus / TASK, corpus / STYLE, "--method", "ties",
+                 "--density", "0.5", "--rank", "8", "--name", "merged")
+    shown = run(store_home, "show", "merged")
+    details = json.loads(run(store_home, "show", "merged", "--json").output)
+    report = details["metadata"]["lineage"]["modules"]["transformer.h.0.attn.c_attn"]
+
+    assert result.exit_code == 0, result.output
+    assert re.search(
+        r"\n  transformer\.h\.0\.attn\.c_attn +rank    8  "
+        + re.escape(f"{report['retained_energy']:.6f}  relative error {report['relative_error']:.3g}")
+        + r"\n",
+        shown.output,
+    )
