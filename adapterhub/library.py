@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from store import Store
-from store.errors import InvalidReferenceError
+from store.errors import InvalidReferenceError, ReferenceNotFoundError
 from store.manifest import FileEntry, Manifest
 from store.refs import NamedRef, parse_ref
 
@@ -46,6 +46,7 @@ class AddResult:
     artifact_id: str
     created: bool
     reference: str | None
+    replaced: str | None = None  # the id the reference pointed at before, if it moved
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class ComposeOutcome:
     reference: str | None
     written: tuple[Path, ...]
     lineage: dict[str, Any]
+    replaced: str | None = None  # the id the reference pointed at before, if it moved
 
 
 class Library:
@@ -118,9 +120,11 @@ class Library:
         # A composed adapter names its parents; the store keeps lineage only among stored
         # artifacts, so an adapter whose parents are elsewhere is stored without that link.
         parents = tuple(p for p in _parent_ids(metadata) if self.store.has_artifact(p))
+        previous = self._ref_target(target)
         artifact_id = self.store.add_artifact(ADAPTER_KIND, files, metadata, parents=parents,
                                               ref=target, annotations=meta)
-        return AddResult(artifact_id, not existed, str(target) if target else None)
+        replaced = previous if previous not in (None, artifact_id) else None
+        return AddResult(artifact_id, not existed, str(target) if target else None, replaced)
 
     def tag(self, reference: str, name: str) -> tuple[str, str]:
         """Point ``name[:tag]`` at the adapter ``reference`` names; return its id and the reference."""
@@ -148,7 +152,18 @@ class Library:
             from adapterhub.hub.references import resolve_reference
 
             return resolve_reference(self, reference)
-        return self.store.resolve(reference)
+        try:
+            return self.store.resolve(reference)
+        except (InvalidReferenceError, ReferenceNotFoundError) as exc:
+            if _looks_like_path(reference):
+                raise AdapterFormatError(
+                    f"{reference}: no such file or folder, and no stored adapter has that name; "
+                    "check the path, or run adapterhub ls to see the stored names"
+                ) from exc
+            if not (isinstance(exc, ReferenceNotFoundError) and _HEX_PREFIX.fullmatch(reference)):
+                raise
+        # The id column of ``ls`` shows a bare prefix; accept it as ``sha256:<prefix>``.
+        return self.store.resolve(f"sha256:{reference}")
 
     def pull(self, repo: str, name: str | None = None, subfolder: str | None = None) -> PullResult:
         """Import the PEFT adapter of Hub repo ``OWNER/REPO[@REVISION]``; see :mod:`adapterhub.hub.pull`.
@@ -253,7 +268,8 @@ class Library:
         module = formats.get(fmt)
         manifest = self.store.manifest(artifact_id)
         if manifest.metadata.get("format", "peft") == fmt:
-            return {e.path: self.store.blobs.path(e.sha256).read_bytes() for e in manifest.files}
+            # read_bytes re-hashes each blob, so a corrupt store never leaks into an export.
+            return {e.path: self.store.blobs.read_bytes(e.sha256) for e in manifest.files}
         return module.to_files(self.load(artifact_id))
 
     def compose(
@@ -356,16 +372,27 @@ class Library:
 
         metadata = adapter_metadata(result.adapter, fmt)
         artifact_id = artifact_id_for_contents(contents, metadata)
-        reference = None
+        reference = replaced = None
         if store_result:
             target = parse_name(name) if name else None
+            previous = self._ref_target(target)
             with tempfile.TemporaryDirectory(prefix="adapterhub-compose-") as folder:
                 files = _stage(contents, Path(folder))
                 artifact_id = self.store.add_artifact(
                     ADAPTER_KIND, files, metadata, parents=_parent_ids(metadata), ref=target
                 )
             reference = str(target) if target else None
-        return ComposeOutcome(artifact_id, reference, tuple(written), result.lineage)
+            replaced = previous if previous not in (None, artifact_id) else None
+        return ComposeOutcome(artifact_id, reference, tuple(written), result.lineage, replaced)
+
+    def _ref_target(self, target: NamedRef | None) -> str | None:
+        """Return the id ``target`` names now, or None when it names nothing yet."""
+        if target is None:
+            return None
+        try:
+            return self.store.resolve(str(target))
+        except ReferenceNotFoundError:
+            return None
 
     def _known(self, files: list[tuple[str, Path]], metadata: dict[str, Any]) -> bool:
         return self.store.has_artifact(artifact_id_for(files, metadata))
@@ -396,6 +423,17 @@ def check_list_filters(filters: dict[str, Any]) -> dict[str, Any]:
             "name, tag or description"
         )
     return filters
+
+
+_HEX_PREFIX = re.compile(r"[0-9a-f]{8,64}")
+_PATH_SUFFIXES = (".lora", ".safetensors", ".bin", ".json")
+
+
+def _looks_like_path(text: str) -> bool:
+    """Return whether a reference that resolved to nothing was probably meant as a path."""
+    parent = Path(text).parent
+    return (text.startswith((".", "/", "~")) or text.endswith(_PATH_SUFFIXES)
+            or (parent != Path(".") and parent.is_dir()))
 
 
 def parse_name(text: str) -> NamedRef:

@@ -81,6 +81,9 @@ def _recipe(lineage: dict[str, Any]) -> list[str]:
         for parent in lineage.get("parents", [])
     ]
     modules = lineage.get("modules") or {}
+    if all(report["retained_energy"] == 1.0 and not _errors(report) for report in modules.values()):
+        lines.append(f"modules:     {len(modules)}, all exact (retained energy 1.0, no error)")
+        return lines
     lines.append(f"retained energy per module (lowest {lineage.get('min_retained_energy', 1.0):.6f}):")
     width = max((len(name) for name in modules), default=0)
     lines += [f"  {name.ljust(width)}  rank {report['rank']:>4}  {report['retained_energy']:.6f}"
@@ -91,8 +94,8 @@ def _recipe(lineage: dict[str, Any]) -> list[str]:
 def _errors(report: dict[str, Any]) -> str:
     """Format the truncation and conversion errors a module report carries, if any."""
     parts = []
-    if "relative_error" in report:
+    if report.get("relative_error"):
         parts.append(f"relative error {report['relative_error']:.3g}")
-    if "conversion_error" in report:
+    if report.get("conversion_error"):
         parts.append(f"conversion error {report['conversion_error']:.3g}")
     return "  " + ", ".join(parts) if parts else ""

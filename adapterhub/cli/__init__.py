@@ -75,6 +75,19 @@ def open_library(ctx: click.Context, create: bool = True):
     return library
 
 
+def report_stored(verb: str, artifact_id: str, reference: str | None, replaced: str | None) -> None:
+    """Print what was stored and under which name, and warn about unnamed or moved adapters."""
+    suffix = f" as {reference}" if reference else ""
+    click.echo(f"{verb} {artifact_id[:12]}{suffix}")
+    if replaced:
+        click.echo(f"note: {reference} pointed at {replaced[:12]} before; that adapter stays "
+                   "stored until gc, unless another name points at it "
+                   f"(adapterhub tag sha256:{replaced[:12]} NAME)", err=True)
+    elif reference is None:
+        click.echo(f"note: the adapter has no name, so gc deletes it after an hour; name it "
+                   f"with: adapterhub tag sha256:{artifact_id[:12]} NAME", err=True)
+
+
 # The command modules register themselves on ``main`` when imported.
 from adapterhub.cli import card_commands, compose_commands, store_commands  # noqa: E402,F401
 from adapterhub.cli import hub_commands  # noqa: E402,F401

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from adapterhub.cli import main, open_library
+from adapterhub.cli import main, open_library, report_stored
 
 
 def _methods_epilog() -> str:
@@ -85,8 +85,7 @@ def compose(ctx: click.Context, references: tuple[str, ...], weights: str | None
     for path in outcome.written:
         click.echo(str(path))
     if name is not None or output is None:
-        label = f" as {outcome.reference}" if outcome.reference else ""
-        click.echo(f"stored {outcome.artifact_id[:12]}{label}")
+        report_stored("stored", outcome.artifact_id, outcome.reference, outcome.replaced)
     if options.method not in ("cat", "linear"):
         click.echo(f"lowest retained energy over modules: {outcome.lineage['min_retained_energy']:.6f}; "
                    f"largest relative error: {outcome.lineage['max_relative_error']:.6g}", err=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from adapterhub.cli import main, open_library
+from adapterhub.cli import main, open_library, report_stored
 
 def _parse_meta(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict:
     """Turn KEY=VALUE strings into a dict; an empty VALUE becomes None (remove the key)."""
@@ -41,8 +41,7 @@ def add(ctx: click.Context, path: Path, name: str | None, meta: dict, allow_nonf
     """
     result = open_library(ctx).add(path, name=name, meta=meta or None, allow_nonfinite=allow_nonfinite)
     state = "added" if result.created else "already stored"
-    suffix = f" as {result.reference}" if result.reference else ""
-    click.echo(f"{state} {result.artifact_id[:12]}{suffix}")
+    report_stored(state, result.artifact_id, result.reference, result.replaced)
 
 
 @main.command(name="ls")

@@ -199,8 +199,9 @@ def rank_for_energy(singular_values: Tensor, energy: float) -> int:
 
     ``singular_values`` is 1-D and descending, and ``energy`` is in (0, 1]. A cumulative
     share within n · eps (of the dtype of ``singular_values``) of ``energy`` counts as
-    reaching it. So rounding cannot move an exact boundary up by one, and ``energy=1.0``
-    leaves out trailing directions whose combined share of the energy is at most n · eps.
+    reaching it, so rounding cannot move an exact boundary up by one. ``energy=1.0`` keeps
+    the numerical rank instead: every singular value above n · eps · S_max, the tolerance of
+    ``numpy.linalg.matrix_rank``, so only directions that are zero up to rounding are dropped.
     Returns at least 1, and 1 when all singular values are zero.
     """
     _check_energy(energy)
@@ -216,6 +217,10 @@ def rank_for_energy(singular_values: Tensor, energy: float) -> int:
         return 1
 
     tolerance = squares.numel() * torch.finfo(singular_values.dtype).eps
+    if energy >= 1.0:
+        magnitudes = squares.sqrt()
+        return max(1, int((magnitudes > tolerance * magnitudes[0]).sum()))
+
     shares = torch.cumsum(squares, dim=0) / total
     reached = torch.nonzero(shares >= energy - tolerance)
     if reached.numel() == 0:

@@ -238,7 +238,7 @@ def stack_contents(library, manifest, source: str) -> dict[str, bytes]:
     """Return the exported files of a stack: ``stack.json`` and one PEFT folder per component."""
     components = read_components(manifest.metadata, source)
     (entry,) = [entry for entry in manifest.files if entry.path == STACK_FILE]
-    contents = {STACK_FILE: library.store.blobs.path(entry.sha256).read_bytes()}
+    contents = {STACK_FILE: library.store.blobs.read_bytes(entry.sha256)}
     for component in components:
         for relpath, data in library._export_contents(component.artifact_id, "peft").items():
             contents[f"{component.name}/{relpath}"] = data

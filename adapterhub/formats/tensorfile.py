@@ -153,11 +153,19 @@ def write_atomic(path: Path, data: bytes) -> None:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
+        # mkstemp creates the file with mode 0600; give it the mode a plain open() would.
+        os.chmod(temporary, 0o666 & ~_current_umask())
         os.replace(temporary, path)
     except OSError as exc:
         Path(temporary).unlink(missing_ok=True)
         raise ExportError(f"cannot write {path}: {exc.strerror}; check the folder's permissions "
                           "and free space") from exc
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def canonical_config_bytes(config: dict) -> bytes:

@@ -141,7 +141,8 @@ def test_compose_stores_lineage_and_energy(corpus, store_home):
     assert result.exit_code == 0, result.output
     assert "stored " in result.output
     assert "retained energy per module (lowest " in shown.output
-    assert re.search(r"\n  transformer\.h\.0\.attn\.c_attn +rank    8  0\.99\d+\n", shown.output)
+    assert re.search(r"\n  transformer\.h\.0\.attn\.c_attn +rank    8  0\.99\d+  relative error [0-9.e-]+\n",
+                     shown.output)
     assert details["parents"][0] == task_id
     assert details["metadata"]["lineage"]["parameters"] == {"method": "svd", "rank": 8,
                                                             "weights": [1.0, 0.5]}
@@ -288,3 +289,114 @@ def test_every_command_has_help_and_docs():
     for name, command in main.commands.items():
         assert command.help, name
         assert f"## adapterhub {name}" in reference, name
+
+
+def _blob_of(home: Path, reference: str, path: str) -> Path:
+    files = json.loads(run(home, "show", reference, "--json").output)["files"]
+    digest = next(f["sha256"] for f in files if f["path"] == path)
+    return home / "blobs" / "sha256" / digest[:2] / digest[2:]
+
+
+def test_export_rejects_corrupt_blob(corpus, store_home, tmp_path):
+    run(store_home, "add", corpus / "gpt2-lora-demo-causal", "--name", "demo")
+    blob = _blob_of(store_home, "demo", "adapter_model.safetensors")
+    blob.chmod(0o644)
+    blob.write_bytes(blob.read_bytes() + b"tail")
+
+    result = run(store_home, "export", "demo", "-o", tmp_path / "out")
+
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: Blob '{blob}' is corrupt: its bytes hash to ")
+    assert result.output.endswith("Run verify to find every corrupt blob, then add the affected "
+                                  "files again.\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_reports_missing_blob(corpus, store_home, tmp_path):
+    run(store_home, "add", corpus / "gpt2-lora-demo-causal", "--name", "demo")
+    blob = _blob_of(store_home, "demo", "adapter_config.json")
+    blob.unlink()
+
+    result = run(store_home, "export", "demo", "-o", tmp_path / "out")
+
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ")
+    assert "unexpected" not in result.output
+    assert blob.name in result.output
+
+
+def test_exported_files_follow_umask(corpus, store_home, tmp_path):
+    run(store_home, "add", corpus / "gpt2-lora-demo-causal", "--name", "demo")
+
+    run(store_home, "export", "demo", "-o", tmp_path / "out")
+
+    for path in (tmp_path / "out").iterdir():
+        assert path.stat().st_mode & 0o777 == 0o666 & ~_umask(), path
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@pytest.mark.parametrize("given", ["./missing-adapter", "missing.lora", "{tmp}/examples/tsk"])
+def test_missing_path_is_named_as_path(corpus, store_home, tmp_path, given):
+    (tmp_path / "examples").mkdir()
+    reference = given.format(tmp=tmp_path)
+
+    result = run(store_home, "compose", reference, corpus / "gpt2-lora-demo-causal", "-o", tmp_path / "out")
+
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: {reference}: no such file or folder, and no stored adapter has that name; check "
+        "the path, or run adapterhub ls to see the stored names\n"
+    )
+
+
+def test_bare_id_prefix_resolves(corpus, store_home):
+    run(store_home, "add", corpus / "gpt2-lora-demo-causal", "--name", "demo")
+    artifact_id = json.loads(run(store_home, "show", "demo", "--json").output)["id"]
+
+    result = run(store_home, "show", artifact_id[:12], "--json")
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["id"] == artifact_id
+
+
+def test_moving_a_name_is_reported(corpus, store_home):
+    first = run(store_home, "add", corpus / "gpt2-lora-demo-causal", "--name", "model")
+    old_id = json.loads(run(store_home, "show", "model", "--json").output)["id"]
+
+    moved = CliRunner().invoke(main, ["--home", str(store_home), "add",
+                                      str(corpus / "gpt2-lora-tigrinya-causal"), "--name", "model"])
+
+    assert first.exit_code == moved.exit_code == 0
+    assert moved.stderr == (
+        f"note: model:latest pointed at {old_id[:12]} before; that adapter stays stored until gc, "
+        f"unless another name points at it (adapterhub tag sha256:{old_id[:12]} NAME)\n"
+    )
+
+
+def test_unnamed_compose_is_reported(corpus, store_home):
+    result = CliRunner().invoke(main, ["--home", str(store_home), "compose",
+                                       str(corpus / "gpt2-lora-demo-causal")])
+
+    artifact_id = result.stdout.split()[1]
+    assert result.exit_code == 0, result.output
+    assert result.stderr == (
+        "note: the adapter has no name, so gc deletes it after an hour; name it with: "
+        f"adapterhub tag sha256:{artifact_id} NAME\n"
+    )
+
+
+def test_exact_recipe_shows_one_line(corpus, store_home):
+    run(store_home, "compose", corpus / "gpt2-lora-tigrinya-causal", corpus / "gpt2-lora-demo-causal",
+        "--name", "both")
+
+    shown = run(store_home, "show", "both").output
+
+    assert "modules:     36, all exact (retained energy 1.0, no error)\n" in shown
+    assert "retained energy per module" not in shown

@@ -507,3 +507,12 @@ def test_pack_round_trip():
     assert [view.shape for view in views] == [tensor.shape for tensor in tensors]
     assert all(torch.equal(view, tensor.double()) for view, tensor in zip(views, tensors))
     assert to_host(views)[0] is views[0]
+
+
+def test_energy_one_keeps_the_exact_sum(gpt2_pair):
+    result = compose(gpt2_pair, ComposeOptions(method="svd", weights=(1.0, 0.5), energy=1.0))
+    expected = _reference_sum(gpt2_pair, (1.0, 0.5))
+
+    name = "transformer.h.0.attn.c_attn"
+    assert result.adapter.modules[name].rank == 16
+    assert _relative_error(result.adapter.modules[name].delta(), expected[name]) <= 1e-6
