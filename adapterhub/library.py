@@ -303,15 +303,18 @@ class Library:
         return self._record(result, name, output, fmt, store_result)
 
     def stack(self, references: Sequence[str], weights: Sequence[float] | None = None,
-              name: str | None = None, materialize: bool = False) -> StackOutcome:
+              name: str | None = None, materialize: bool = False,
+              allow_base_mismatch: bool = False, keep_head: str | None = None) -> StackOutcome:
         """Store adapters as a stack that keeps them apart; see :mod:`adapterhub.compose.stack`.
 
         With ``materialize`` the exact ``cat`` adapter is stored instead. Components given
-        as paths are added to the store.
+        as paths are added to the store. ``allow_base_mismatch`` and ``keep_head`` act as in
+        :class:`ComposeOptions`; the stack is checked as if it were composed.
         """
         from adapterhub.compose.stack import create_stack
 
-        return create_stack(self, references, weights, name, materialize)
+        return create_stack(self, references, weights, name, materialize,
+                            allow_base_mismatch=allow_base_mismatch, keep_head=keep_head)
 
     def inspect(self, first: str, second: str) -> Comparison:
         """Compare two adapters module by module; see :mod:`adapterhub.compose.compare`."""

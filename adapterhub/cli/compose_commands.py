@@ -97,9 +97,11 @@ def compose(ctx: click.Context, references: tuple[str, ...], weights: str | None
 @click.option("--name", "-n", metavar="NAME[:TAG]", help="Reference to point at the stack.")
 @click.option("--materialize", is_flag=True,
               help="Store the exact cat adapter (the weighted sum) instead of the stack.")
+@click.option("--allow-base-mismatch", is_flag=True, help=_help("allow_base_mismatch"))
+@click.option("--keep-head", metavar="ADAPTER", help=_help("keep_head"))
 @click.pass_context
 def stack(ctx: click.Context, references: tuple[str, ...], weights: str | None, name: str | None,
-          materialize: bool) -> None:
+          materialize: bool, allow_base_mismatch: bool, keep_head: str | None) -> None:
     """Store adapters as a stack that keeps them apart, with a weight each.
 
     Export writes one PEFT folder per component plus stack.json; compose turns the stack
@@ -112,7 +114,8 @@ def stack(ctx: click.Context, references: tuple[str, ...], weights: str | None, 
     from adapterhub.compose.options import parse_weights
 
     outcome = open_library(ctx).stack(references, parse_weights(weights) if weights else None,
-                                      name=name, materialize=materialize)
+                                      name=name, materialize=materialize,
+                                      allow_base_mismatch=allow_base_mismatch, keep_head=keep_head)
     label = f" as {outcome.reference}" if outcome.reference else ""
     click.echo(f"stored {outcome.kind} {outcome.artifact_id[:12]}{label}")
     for component in outcome.components:

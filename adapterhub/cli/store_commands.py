@@ -62,9 +62,14 @@ def add(ctx: click.Context, path: Path, name: str | None, meta: dict, allow_nonf
 @click.pass_context
 def list_command(ctx: click.Context, as_json: bool, **filters) -> None:
     """List stored adapters, filtered and searched."""
-    rows = open_library(ctx).list(**{key: value for key, value in filters.items() if value is not None})
+    given = {key: value for key, value in filters.items() if value is not None}
+    rows = open_library(ctx).list(**given)
     if as_json:
         click.echo(json.dumps(rows, indent=2, sort_keys=True))
+        return
+    if not rows and given:
+        options = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in given.items())
+        click.echo(f"no adapters match {options}; run adapterhub ls without filters to see them all")
         return
     from adapterhub.render import adapter_table
 

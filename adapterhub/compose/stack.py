@@ -139,7 +139,8 @@ class StackOutcome:
 
 
 def create_stack(library, references: Sequence[str], weights: Sequence[float] | None,
-                 name: str | None, materialize: bool) -> StackOutcome:
+                 name: str | None, materialize: bool, allow_base_mismatch: bool = False,
+                 keep_head: str | None = None) -> StackOutcome:
     """Store ``references`` with ``weights`` as a stack, or as their exact sum with ``materialize``.
 
     Components given as paths are added to the store; stacks among the references are
@@ -149,14 +150,15 @@ def create_stack(library, references: Sequence[str], weights: Sequence[float] | 
     """
     from adapterhub.compose.options import ComposeOptions
 
-    options = ComposeOptions(weights=tuple(weights) if weights is not None else None)
+    options = ComposeOptions(weights=tuple(weights) if weights is not None else None,
+                             allow_base_mismatch=allow_base_mismatch, keep_head=keep_head)
     if materialize:
         return _materialize(library, references, options, name)
 
     entries, options = expand_stacks(library, references, options)
     resolved = [library._compose_input(reference, label) for reference, label in entries]
     inputs = [item for item, _ in resolved]
-    _check_components(inputs)
+    _check_components(inputs, options)
 
     for _, path in resolved:
         if path is not None:
@@ -190,7 +192,7 @@ def _materialize(library, references: Sequence[str], options, name: str | None) 
     return StackOutcome(outcome.artifact_id, outcome.reference, "adapter", components)
 
 
-def _check_components(inputs) -> None:
+def _check_components(inputs, options) -> None:
     """Run the checks of a composition, so a stack that could not be merged is never stored."""
     from adapterhub.compose.engine import (
         check_base_families,
@@ -201,10 +203,10 @@ def _check_components(inputs) -> None:
     from adapterhub.compose.heads import merge_heads
 
     check_composable(inputs)
-    check_base_models(inputs, allow_mismatch=False)
-    check_base_families(inputs, allow_mismatch=False)
+    check_base_models(inputs, allow_mismatch=options.allow_base_mismatch)
+    check_base_families(inputs, allow_mismatch=options.allow_base_mismatch)
     plan_modules(inputs)
-    merge_heads(inputs, keep_head=None)
+    merge_heads(inputs, keep_head=options.keep_head)
 
 
 def expand_stacks(library, references: Sequence[str], options):

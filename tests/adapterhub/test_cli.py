@@ -400,3 +400,14 @@ def test_exact_recipe_shows_one_line(corpus, store_home):
 
     assert "modules:     36, all exact (retained energy 1.0, no error)\n" in shown
     assert "retained energy per module" not in shown
+
+
+def test_ls_without_match_names_filters(corpus, store_home):
+    run(store_home, "add", corpus / "gpt2-lora-demo-causal", "--name", "demo")
+
+    result = run(store_home, "ls", "--base-model", "org/none")
+
+    assert result.exit_code == 0
+    assert result.output == (
+        "no adapters match --base-model org/none; run adapterhub ls without filters to see them all\n"
+    )

@@ -176,3 +176,17 @@ def test_stack_weights_checked(corpus, store_home):
     assert result.output == (
         "Error: 1 weights given for 2 adapters; pass one weight per adapter, e.g. --weights 1.0,1.0\n"
     )
+
+
+def test_stack_keep_head_resolves_conflict(corpus, store_home):
+    from tests.adapterhub.test_cli import run
+
+    refused = run(store_home, "stack", corpus / "distilbert-lora-emotion", corpus / "distilbert-lora-imdb",
+                  "--name", "heads")
+    kept = run(store_home, "stack", corpus / "distilbert-lora-emotion", corpus / "distilbert-lora-imdb",
+               "--name", "heads", "--keep-head", "2")
+
+    assert refused.exit_code == 1
+    assert refused.output.endswith(f"choose one with --keep-head {corpus / 'distilbert-lora-emotion'}\n")
+    assert kept.exit_code == 0, kept.output
+    assert kept.output.startswith("stored stack ")
