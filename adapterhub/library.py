@@ -493,7 +493,8 @@ def write_files(contents: dict[str, bytes], destination: Path, fmt: str, overwri
     existing = [str(path) for path in targets if path.exists()]
     if existing and not overwrite:
         raise ExportError(
-            f"{', '.join(existing)} already exist; choose an empty destination or pass --force"
+            f"{', '.join(existing)} already {'exists' if len(existing) == 1 else 'exist'}; "
+            "choose an empty destination or pass --force"
         )
     for path, data in targets.items():
         write_atomic(path, data)

@@ -151,8 +151,8 @@ def _comparison_table(comparison) -> str:
         lines = ["no module is adapted by both"]
     for label, names in ((comparison.first, comparison.only_first),
                          (comparison.second, comparison.only_second)):
-        listing = ": " + ", ".join(names) if names else ""
-        lines.append(f"only in {label}: {len(names)} modules{listing}")
+        if names:
+            lines.append(f"only in {label}: {len(names)} modules: {', '.join(names)}")
     return "\n".join(lines)
 
 

@@ -114,8 +114,8 @@ class ComposeOptions:
             return (1.0,) * count
         if len(self.weights) != count:
             raise InvalidOptionError(
-                f"{len(self.weights)} weights given for {count} adapters; pass one weight per "
-                "adapter, e.g. --weights " + ",".join(["1.0"] * count)
+                f"{_count(len(self.weights), 'weight')} given for {_count(count, 'adapter')}; "
+                "pass one weight per adapter, e.g. --weights " + ",".join(["1.0"] * count)
             )
         return self.weights
 
@@ -280,3 +280,7 @@ def parse_module_weight(text: str, labels: Sequence[str] = ()) -> ModuleWeight:
             f"module weight {text!r} needs an adapter and a pattern before '='; {example}"
         )
     return ModuleWeight(adapter, pattern, weight)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"

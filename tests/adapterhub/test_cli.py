@@ -105,7 +105,7 @@ def test_export_refuses_to_overwrite(corpus, store_home, tmp_path):
 
     assert result.exit_code == 1
     assert result.output == (
-        f"Error: {tmp_path / 'out' / 'adapter_config.json'} already exist; choose an empty "
+        f"Error: {tmp_path / 'out' / 'adapter_config.json'} already exists; choose an empty "
         "destination or pass --force\n"
     )
     assert (tmp_path / "out" / "adapter_config.json").read_text() == "{}"

@@ -299,7 +299,7 @@ def test_wrong_weight_count_rejected(gpt2_pair):
         compose(gpt2_pair, ComposeOptions(weights=(1.0,)))
 
     assert str(error.value) == (
-        "1 weights given for 2 adapters; pass one weight per adapter, e.g. --weights 1.0,1.0"
+        "1 weight given for 2 adapters; pass one weight per adapter, e.g. --weights 1.0,1.0"
     )
 
 

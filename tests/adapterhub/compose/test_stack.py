@@ -174,7 +174,7 @@ def test_stack_weights_checked(corpus, store_home):
 
     assert result.exit_code == 2
     assert result.output == (
-        "Error: 1 weights given for 2 adapters; pass one weight per adapter, e.g. --weights 1.0,1.0\n"
+        "Error: 1 weight given for 2 adapters; pass one weight per adapter, e.g. --weights 1.0,1.0\n"
     )
 
 
