@@ -281,20 +281,24 @@ def write_groups(
     """Return the kohya-keyed tensors and the header metadata for per-module parameters."""
     spelling = spelling_of(adapter)
     tensors = {}
-    problems = []
+    unspellable = []
     for name, group in sorted(parameters.items()):
         key = sd_naming.canonical_to_kohya(name, spelling.unet_naming, spelling.text_encoder_prefix,
                                            spelling.attention_up_blocks)
         if key is None:
-            problems.append(f"module {name!r} has no kohya spelling; kohya files name the modules "
-                            "of the SD UNet and CLIP text encoders as unet.… or text_encoder….")
+            unspellable.append(name)
             continue
         for parameter, tensor in group.items():
             tensors[f"{key}.{parameter}"] = tensor
         if name not in spelling.without_alpha:
             tensors[f"{key}.alpha"] = spelling.alpha_tensor(name, alphas[name], weight_dtypes[name])
-    if problems:
-        raise ExportError("cannot write a kohya file:\n  " + "\n  ".join(problems))
+    if unspellable:
+        shown = ", ".join(unspellable[:3]) + (f" and {len(unspellable) - 3} more" if len(unspellable) > 3 else "")
+        raise ExportError(
+            f"cannot write a kohya file: {len(unspellable)} modules have no kohya spelling "
+            f"({shown}); kohya files name only modules of the SD UNet and CLIP text encoders "
+            "(unet.… or text_encoder….), so export this adapter as peft or lora"
+        )
     metadata = {key: value for key, value in adapter.metadata.items() if key != SPELLING_KEY}
     return tensors, metadata
 
