@@ -418,7 +418,7 @@ def validate_adapter(adapter: LoraAdapter, source: str) -> LoraAdapter:
     """
     if not adapter.tensors:
         raise AdapterFormatError(
-            f"{source}: the adapter holds no tensors; check that the weights file was saved"
+            f"{source}: the weights file contains no tensors; check that the adapter was saved"
         )
     _check_lineage(adapter, source)
     if adapter.peft_type in ("LORA", "ADALORA"):
@@ -446,7 +446,7 @@ def nonfinite_tensors(adapter: LoraAdapter) -> dict[str, int]:
 
 
 def check_finite(adapter: LoraAdapter, source: str) -> None:
-    """Raise :class:`AdapterFormatError` naming every tensor that holds NaN or infinite values."""
+    """Raise :class:`AdapterFormatError` naming every tensor that contains NaN or infinite values."""
     counts = nonfinite_tensors(adapter)
     if not counts:
         return

@@ -208,7 +208,7 @@ class Library:
         return self.store.list_artifacts(**check_list_filters(filters))
 
     def show(self, reference: str) -> dict[str, Any]:
-        """Return everything the store holds about one adapter: manifest, files, refs, lineage."""
+        """Return everything the store records about one adapter: manifest, files, refs, lineage."""
         artifact_id = self.resolve(reference)
         manifest = self.store.manifest(artifact_id)
         return {

@@ -271,7 +271,7 @@ def test_empty_state_dict_rejected(tmp_path):
         formats.load(folder)
 
     assert str(error.value) == (
-        f"{folder}: the adapter holds no tensors; check that the weights file was saved"
+        f"{folder}: the weights file contains no tensors; check that the adapter was saved"
     )
 
 
