@@ -87,8 +87,13 @@ def _recipe(lineage: dict[str, Any]) -> list[str]:
     lines.append(f"retained energy per module (lowest {lineage.get('min_retained_energy', 1.0):.6f}):")
     width = max((len(name) for name in modules), default=0)
     lines += [f"  {name.ljust(width)}  rank {report['rank']:>4}  {report['retained_energy']:.6f}"
-              + _errors(report) for name, report in modules.items()]
+              + _errors(report) for name, report in sorted(modules.items(), key=_layer_order)]
     return lines
+
+
+def _layer_order(item: tuple[str, Any]) -> list[tuple[int, str]]:
+    """Sort module names with numbers compared as numbers, so layer 2 comes before layer 10."""
+    return [(int(part), "") if part.isdigit() else (-1, part) for part in item[0].split(".")]
 
 
 def _errors(report: dict[str, Any]) -> str:

@@ -411,3 +411,13 @@ def test_ls_without_match_names_filters(corpus, store_home):
     assert result.output == (
         "no adapters match --base-model org/none; run adapterhub ls without filters to see them all\n"
     )
+
+
+def test_show_lists_layers_in_numeric_order(corpus, store_home):
+    run(store_home, "compose", corpus / "gpt2-lora-tigrinya-causal", corpus / "gpt2-lora-demo-causal",
+        "--method", "svd", "--rank", "4", "--name", "both")
+
+    shown = run(store_home, "show", "both").output
+    names = re.findall(r"\n  (transformer\.h\.\d+)\.attn\.c_attn ", shown)
+
+    assert names == [f"transformer.h.{layer}" for layer in range(12)]
