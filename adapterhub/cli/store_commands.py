@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from adapterhub.cli import main, open_library, report_stored
+from store.errors import StoreNotFoundError
 
 def _parse_meta(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict:
     """Turn KEY=VALUE strings into a dict; an empty VALUE becomes None (remove the key)."""
@@ -63,7 +64,10 @@ def add(ctx: click.Context, path: Path, name: str | None, meta: dict, allow_nonf
 def list_command(ctx: click.Context, as_json: bool, **filters) -> None:
     """List stored adapters, filtered and searched."""
     given = {key: value for key, value in filters.items() if value is not None}
-    rows = open_library(ctx).list(**given)
+    try:
+        rows = open_library(ctx, create=False).list(**given)
+    except StoreNotFoundError:
+        rows = []  # Listing never creates a store; no store lists like an empty one.
     if as_json:
         click.echo(json.dumps(rows, indent=2, sort_keys=True))
         return
@@ -83,7 +87,7 @@ def list_command(ctx: click.Context, as_json: bool, **filters) -> None:
 def show(ctx: click.Context, reference: str, as_json: bool) -> None:
     """Show an adapter's configuration, files, references and composition recipe, or a
     stack's components and weights."""
-    details = open_library(ctx).show(reference)
+    details = open_library(ctx, create=False).show(reference)
     if as_json:
         click.echo(json.dumps(details, indent=2, sort_keys=True))
         return
@@ -114,7 +118,7 @@ def show(ctx: click.Context, reference: str, as_json: bool) -> None:
 @click.pass_context
 def export(ctx: click.Context, reference: str, output: Path, fmt: str, force: bool) -> None:
     """Write a stored adapter to disk."""
-    for path in open_library(ctx).export(reference, output, fmt=fmt, overwrite=force):
+    for path in open_library(ctx, create=False).export(reference, output, fmt=fmt, overwrite=force):
         click.echo(str(path))
 
 

@@ -421,3 +421,16 @@ def test_show_lists_layers_in_numeric_order(corpus, store_home):
     names = re.findall(r"\n  (transformer\.h\.\d+)\.attn\.c_attn ", shown)
 
     assert names == [f"transformer.h.{layer}" for layer in range(12)]
+
+
+def test_listing_creates_no_store(tmp_path):
+    home = tmp_path / "nothing-here"
+
+    listed = run(home, "ls")
+    shown = run(home, "show", "task")
+
+    assert listed.exit_code == 0
+    assert listed.output == "no adapters stored; add one with: adapterhub add PATH --name NAME\n"
+    assert shown.exit_code == 1
+    assert shown.output.startswith(f"Error: No store at '{home}'")
+    assert not home.exists()
