@@ -87,7 +87,8 @@ def list_command(ctx: click.Context, as_json: bool, **filters) -> None:
 def show(ctx: click.Context, reference: str, as_json: bool) -> None:
     """Show an adapter's configuration, files, references and composition recipe, or a
     stack's components and weights."""
-    details = open_library(ctx, create=False).show(reference)
+    # An hf:// reference pulls into the store on first use, so it may create one.
+    details = open_library(ctx, create=reference.startswith("hf://")).show(reference)
     if as_json:
         click.echo(json.dumps(details, indent=2, sort_keys=True))
         return
@@ -118,7 +119,8 @@ def show(ctx: click.Context, reference: str, as_json: bool) -> None:
 @click.pass_context
 def export(ctx: click.Context, reference: str, output: Path, fmt: str, force: bool) -> None:
     """Write a stored adapter to disk."""
-    for path in open_library(ctx, create=False).export(reference, output, fmt=fmt, overwrite=force):
+    library = open_library(ctx, create=reference.startswith("hf://"))
+    for path in library.export(reference, output, fmt=fmt, overwrite=force):
         click.echo(str(path))
 
 
