@@ -31,8 +31,8 @@ KNOWN_PEFT_TYPES = (
     "POLY", "HRA", "BONE", "XLORA", "VBLORA", "CPT", "RANDLORA", "SHIRA", "C3A", "MISS",
 )
 
-# The largest rank accepted on read; real adapters stay far below it, and a larger value in a
-# config is a corrupt or hostile file that would make composition allocate absurd buffers.
+# The largest rank accepted on read. Real adapters stay far below it, so a larger value comes
+# from a corrupt or hostile config and would make composition allocate absurd buffers.
 MAX_RANK = 65536
 
 _FACTOR_KEY = re.compile(

@@ -117,8 +117,8 @@ class Library:
 
         metadata = adapter_metadata(adapter, module.NAME)
         existed = self._known(files, metadata)
-        # A composed adapter names its parents; the store keeps lineage only among stored
-        # artifacts, so an adapter whose parents are elsewhere is stored without that link.
+        # A composed adapter names its parents. The store links only stored artifacts, so an
+        # adapter whose parents are not in this store is stored without that link.
         parents = tuple(p for p in _parent_ids(metadata) if self.store.has_artifact(p))
         previous = self._ref_target(target)
         artifact_id = self.store.add_artifact(ADAPTER_KIND, files, metadata, parents=parents,
@@ -268,7 +268,7 @@ class Library:
         module = formats.get(fmt)
         manifest = self.store.manifest(artifact_id)
         if manifest.metadata.get("format", "peft") == fmt:
-            # read_bytes re-hashes each blob, so a corrupt store never leaks into an export.
+            # read_bytes re-hashes each blob and raises CorruptBlobError, so a corrupt blob is not exported.
             return {e.path: self.store.blobs.read_bytes(e.sha256) for e in manifest.files}
         return module.to_files(self.load(artifact_id))
 

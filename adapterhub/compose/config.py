@@ -40,8 +40,8 @@ def composed_config(
         use_dora=False,
         inference_mode=True,
         init_lora_weights=True,
-        # fan_in_fan_out describes the base layer (GPT-2's Conv1D), not the factors: any input
-        # that says so saw such a layer.
+        # fan_in_fan_out describes the base layer (GPT-2's Conv1D), not the factors, so an input
+        # that sets it was trained on such a layer.
         fan_in_fan_out=any(bool(a.config.get("fan_in_fan_out")) for a in adapters),
         modules_to_save=_modules_to_save(adapters, head_keys),
     )

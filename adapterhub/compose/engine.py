@@ -1,7 +1,7 @@
 """The composition engine: checks the inputs, plans per module, runs a method, builds the result.
 
-The engine works on :class:`~adapterhub.adapter.LoraAdapter` objects in memory and knows
-nothing of the store; :mod:`adapterhub.library` resolves references and records the result.
+The engine works on :class:`~adapterhub.adapter.LoraAdapter` objects in memory and never
+reads the store. :mod:`adapterhub.library` resolves references and records the result.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ def merge_heads(inputs: Sequence[ComposeInput], keep_head: str | None) -> dict[s
             head, parameter = module_name(key).rsplit(".", 1)
             shapes = conflicts.setdefault(head, {})
             for index, tensor in versions:
-                # The weight's shape tells heads apart best; other parameters fill in.
+                # The weight's shape distinguishes heads best, so other parameters are used only without it.
                 if parameter == "weight" or inputs[index].label not in shapes:
                     shapes[inputs[index].label] = list(tensor.shape)
     if conflicts:

@@ -288,19 +288,7 @@ def truncated_svd_batched(B: Tensor, A: Tensor, rank: int) -> LowRankBatch:
     """
     _check_truncation(rank, None)
     _check_factor_shapes(B, A, batched=True)
-
-    core = _core_svd(B, A)
-    kept_rank = min(int(rank), core.S.shape[-1])
-
-    factor_b, factor_a, retained, error = _truncate_core(core, kept_rank)
-    return LowRankBatch(
-        B=factor_b,
-        A=factor_a,
-        rank=kept_rank,
-        singular_values=core.S,
-        retained_energy=tuple(retained.tolist()),
-        relative_error=tuple(error.tolist()),
-    )
+    return truncate_core(_core_svd(B, A), rank)
 
 
 def truncate_core(core: CoreSVD, rank: int) -> LowRankBatch:

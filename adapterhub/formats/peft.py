@@ -28,7 +28,7 @@ COMPANION_NAMES = ("README.md",)
 
 
 def detect(path: Path) -> bool:
-    """Return whether ``path`` is a folder that holds a PEFT adapter config."""
+    """Return whether ``path`` is a folder that contains a PEFT adapter config."""
     return path.is_dir() and (path / CONFIG_NAME).is_file()
 
 

@@ -1,6 +1,6 @@
 """The ``.lora`` single-file format: one safetensors file that carries its own PEFT config.
 
-The tensors sit under PEFT's key names; the safetensors ``__metadata__`` holds the config as
+The tensors sit under PEFT's key names; the safetensors ``__metadata__`` contains the config as
 JSON under ``adapter_config`` and, for composed adapters, the recipe under
 ``adapterhub.lineage``. The file loads with ``safetensors.safe_open`` alone and converts to and
 from a PEFT folder without loss.

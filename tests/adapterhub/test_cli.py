@@ -28,7 +28,7 @@ def snapshot(home: Path) -> dict[str, bytes]:
     """Every file under the store with its bytes.
 
     SQLite's shared-memory file (``-shm``) is left out: it is rewritten whenever a connection
-    opens the database and holds no data of the store.
+    opens the database and contains no data of the store.
     """
     return {str(p.relative_to(home)): p.read_bytes() for p in sorted(home.rglob("*"))
             if p.is_file() and not p.name.endswith("-shm")}

@@ -503,7 +503,8 @@ def test_pack_round_trip():
     flat = pack(tensors, torch.float64)
     views = unpack(flat, [tensor.shape for tensor in tensors])
 
-    assert flat.dtype == torch.float64 and flat.numel() == 10
+    assert flat.dtype == torch.float64
+    assert flat.numel() == 10
     assert [view.shape for view in views] == [tensor.shape for tensor in tensors]
     assert all(torch.equal(view, tensor.double()) for view, tensor in zip(views, tensors))
     assert to_host(views)[0] is views[0]
